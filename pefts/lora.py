@@ -1,0 +1,39 @@
+"""LoRA (Hu et al., 2021) through `peft.LoraConfig` / `peft.get_peft_model`.
+
+Papers' setting (iapt.txt Appendix F): rank 4 on every linear module of every Transformer layer,
+which gives 10.0M tunable parameters on LLaMA-2 7B (iapt.txt Table 1):
+32 layers x 4 x [4(4096+4096) (q,k,v,o) + 3(4096+11008) (gate,up,down)] = 9,994,240.
+
+    python run.py method=lora method.r=8
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class LoraConfig(MethodConfig):
+    name: str = "lora"
+    r: int = 4
+    alpha: float = 8.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+
+@register_method("lora", LoraConfig, size_knob="r")
+def build(model, cfg: LoraConfig):
+    import peft
+
+    targets = list(cfg.target_modules)
+    config = peft.LoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+    return peft.get_peft_model(model, config)
+

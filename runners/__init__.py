@@ -1,0 +1,1 @@
+"""Training, evaluation, scoring and aggregation of runs (see runners/train.py)."""

@@ -1,0 +1,1 @@
+"""Tools: parameter counts (params.py), prefetch, benchmarks."""

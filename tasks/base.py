@@ -1,0 +1,129 @@
+"""What a task is: examples in prompt -> response form, the papers' splits, and a metric.
+
+A task subclasses `Task` and implements `load_raw` (original splits, from the hub or `data_dir`),
+`to_example` (one raw row -> `Example`) and `score`. `splits()` applies iapt.txt Appendix C:
+  - fewer than 10k training rows: the original validation set is halved into dev and test;
+  - otherwise: 1k training rows are held out as dev and the original validation set is the test.
+The carving uses `cfg.split_seed`, which is NOT the run seed, so all seeds see the same splits.
+
+Templates (`cfg.template`):
+  - `llama2`: iapt.txt Appendix D verbatim, `<s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{query}[/INST]{response}</s>`,
+    where `<s>`/`</s>` are the backbone tokenizer's BOS/EOS tokens (so SmolLM2 and GPT-2 work too);
+  - `chat`: the backbone tokenizer's own chat template (SmolLM2 has one);
+  - `plain`: `{query}\n` then `{response}` + EOS (for the synthetic task's short sequences).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+
+LLAMA2_SYSTEM = "You are a helpful, respectful and honest assistant."
+TEMPLATES = ("llama2", "chat", "plain")
+
+
+@dataclass
+class TaskConfig:
+    """Fields every task config has; a task's own dataclass may add more."""
+
+    name: str = "???"
+    template: str = "llama2"  # llama2 (Appendix D) | chat (tokenizer's chat template) | plain
+    max_new_tokens: int = 8  # generation budget for a prediction
+    split_seed: int = 42  # seed of the Appendix C carving (fixed across run seeds)
+
+
+@dataclass
+class Example:
+    id: str
+    query: str  # the filled Appendix D prompt template (user turn)
+    response: str  # the training target
+    references: list[str] = field(default_factory=list)  # gold answers for scoring; [response] if empty
+    label: str | None = None  # class label name, for classification tasks (encoder heads)
+
+    def __post_init__(self):
+        if not self.references:
+            self.references = [self.response]
+
+
+class Task:
+    """Base of every task. Subclasses set `labels` for classification tasks."""
+
+    labels: list[str] | None = None
+    small_threshold = 10_000  # Appendix C: below this many training rows, halve validation
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        if cfg.template not in TEMPLATES:
+            raise ValueError(f"task.template='{cfg.template}' is not one of {', '.join(TEMPLATES)}")
+
+    # --- to implement -------------------------------------------------------------------------
+    def load_raw(self, data_dir: str | None) -> dict[str, list[dict]]:
+        """Original splits as lists of rows: keys 'train', 'validation' (and 'test' if labelled)."""
+        raise NotImplementedError
+
+    def to_example(self, row: dict, idx: int) -> Example:
+        raise NotImplementedError
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------------
+    def splits(self, data_dir: str | None = None) -> dict[str, list[Example]]:
+        raw = self.load_raw(data_dir)
+        train = [self.to_example(r, i) for i, r in enumerate(raw["train"])]
+        val = [self.to_example(r, i) for i, r in enumerate(raw["validation"])]
+        train, dev, test = appendix_c_split(train, val, self.cfg.split_seed, self.small_threshold)
+        return {"train": train, "dev": dev, "test": test}
+
+
+def appendix_c_split(train: list, val: list, seed: int, small_threshold: int = 10_000, dev_size: int = 1000):
+    """iapt.txt Appendix C. Returns (train, dev, test); deterministic in `seed`."""
+    rng = random.Random(seed)
+    if len(train) < small_threshold:
+        order = list(range(len(val)))
+        rng.shuffle(order)
+        half = len(val) // 2
+        return list(train), [val[i] for i in sorted(order[:half])], [val[i] for i in sorted(order[half:])]
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    held = set(order[:dev_size])
+    return [t for i, t in enumerate(train) if i not in held], [train[i] for i in sorted(held)], list(val)
+
+
+def local_file(data_dir: str, name: str) -> str:
+    """Path of a required file under `data_dir`; a missing one is a clear error naming it."""
+    path = os.path.join(os.path.expanduser(data_dir), name)
+    if not os.path.exists(path):
+        present = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+        raise FileNotFoundError(
+            f"data_dir='{data_dir}' has no '{name}' (expected the original published file); "
+            f"found: {', '.join(present) or 'nothing (the folder does not exist)'}"
+        )
+    return path
+
+
+def format_example(tokenizer, query: str, response: str | None, template: str) -> tuple[list[int], list[int]]:
+    """Token ids of (prompt, response) under `template`; response ids end with EOS.
+
+    The prompt and the response are tokenized separately, so the loss mask is exact.
+    """
+    if template == "llama2":
+        body = f"[INST] <<SYS>>\n{LLAMA2_SYSTEM}\n<</SYS>>\n\n{query}[/INST]"
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        prompt = bos + tokenizer(body, add_special_tokens=False)["input_ids"]
+    elif template == "chat":
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": query}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(prompt, dict) or hasattr(prompt, "keys"):
+            prompt = prompt["input_ids"]
+        prompt = list(prompt)
+    elif template == "plain":
+        prompt = tokenizer(query + "\n", add_special_tokens=False)["input_ids"]
+    else:
+        raise ValueError(f"template='{template}' is not one of {', '.join(TEMPLATES)}")
+    resp = [] if response is None else tokenizer(response, add_special_tokens=False)["input_ids"]
+    if response is not None and tokenizer.eos_token_id is not None:
+        resp = resp + [tokenizer.eos_token_id]
+    return prompt, resp

@@ -1,0 +1,48 @@
+"""Shared test helpers: compose the Hydra config once per call and shrink it (backbone=tiny, runner=debug).
+
+    cfg = compose("method=lora", "task=rte")
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.abspath(os.path.join(ROOT, "..", "shared", "data"))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import pefts  # noqa: E402,F401  (registers methods)
+import runners.schema  # noqa: E402,F401  (registers schemas)
+import tasks  # noqa: E402,F401  (registers tasks)
+
+DEBUG = ("backbone=tiny", "runner=debug", "logger=none")
+
+
+def compose(*overrides: str, debug: bool = True):
+    """The resolved run config for these overrides (tiny backbone and debug runner unless debug=False)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
+        return hydra_compose(config_name="config", overrides=[*(DEBUG if debug else ()), *overrides])
+
+
+def shared_data(*parts: str) -> str:
+    """Path under ../shared/data, or skip the test with a clear reason when it is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real data not present: {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def tmp_results(tmp_path, monkeypatch):
+    """A private results folder for runs made by a test."""
+    monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "runs"))
+    return tmp_path / "runs"
