@@ -1,38 +1,140 @@
-"""GLUE tasks (iapt.txt Table 1): RTE. Hub `nyu-mll/glue`, or the original `.tsv` files via `data_dir=`.
+"""GLUE tasks: SST-2, RTE, QNLI (iapt.txt Table 1) and MNLI, MRPC, QQP (id-spam.txt Table 1).
+
+Hub `nyu-mll/glue`, or the original GLUE `.tsv` files via `data_dir=` (train.tsv, dev.tsv; MNLI
+dev_matched.tsv / dev_mismatched.tsv). Splits follow iapt.txt Appendix C. SST-2, MRPC and QQP can be
+trained on their transfer partner (`task.source=imdb|qqp|mrpc`, id-spam.txt 3.4).
 
     python run.py backbone=tiny task=rte runner=debug data_dir=../shared/data/glue/RTE
+    python run.py task=mrpc task.source=qqp                          # QQP -> MRPC zero-shot transfer
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.base import Example, Task, TaskConfig, local_file
-from tasks.metrics import accuracy
+from tasks.base import Example, TaskConfig
+from tasks.common import BenchTask, CarveConfig, label_name, load_hub, load_local, transfer_splits
+from tasks.metrics import acc_f1
 from tasks.registry import register_task
 
+# Hub ClassLabel names, in class-id order (the local TSVs store either these names or the ids).
+GLUE_LABELS = {
+    "sst2": ["negative", "positive"],
+    "qnli": ["entailment", "not_entailment"],
+    "rte": ["entailment", "not_entailment"],
+    "mnli": ["entailment", "neutral", "contradiction"],
+    "mrpc": ["not_equivalent", "equivalent"],
+    "qqp": ["not_duplicate", "duplicate"],
+}
+# Original TSV column -> hub column.
+LOCAL_COLUMNS = {
+    "sst2": {"sentence": "sentence", "label": "label"},
+    "qnli": {"index": "idx", "question": "question", "sentence": "sentence", "label": "label"},
+    "rte": {"index": "idx", "sentence1": "sentence1", "sentence2": "sentence2", "label": "label"},
+    "mnli": {"index": "idx", "sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},
+    "mrpc": {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"},
+    "qqp": {"id": "idx", "question1": "question1", "question2": "question2", "is_duplicate": "label"},
+}
+NLI_QUESTION = "Are sentence 1 and sentence 2 have entailment relation or not?"  # Appendix D, verbatim
+PARAPHRASE_QUESTION = "Are sentence 1 and sentence 2 equivalent or not?"
 
-def load_glue(hub_config: str, data_dir: str | None, splits=("train", "validation")) -> dict[str, list[dict]]:
+
+def load_glue(hub_config: str, data_dir: str | None, splits=("train", "validation"),
+              hub_validation: str = "validation", local_validation: str = "dev.tsv") -> dict[str, list[dict]]:
     """Rows of a GLUE task through `datasets.load_dataset`, from the hub or from the original TSVs.
 
-    Local TSV files name the validation split `dev.tsv` and keep the label as text; the hub uses
-    integer labels. Rows come back as dicts with the hub's column names and the label as text.
+    Rows come back with the hub's column names and the label as the hub's label name (e.g.
+    'not_entailment'); local TSVs are renamed and their integer labels mapped to those names.
     """
-    import datasets
-
+    names = GLUE_LABELS[hub_config]
     if data_dir is None:
-        ds = datasets.load_dataset("nyu-mll/glue", hub_config)
-        out = {}
-        for split in splits:
-            names = ds[split].features["label"].names
-            out[split] = [dict(r, label=names[r["label"]] if r["label"] >= 0 else None) for r in ds[split]]
-        return out
-    files = {s: local_file(data_dir, "dev.tsv" if s == "validation" else f"{s}.tsv") for s in splits}
-    # GLUE TSVs contain unbalanced quotes: read them with quoting disabled (csv.QUOTE_NONE == 3).
-    ds = datasets.load_dataset("csv", data_files=files, delimiter="\t", quoting=3, keep_default_na=False)
-    return {s: [dict(r) for r in ds[s]] for s in splits}
+        hub_split = {"train": "train", "validation": hub_validation}
+        raw = load_hub("nyu-mll/glue", hub_config, tuple(hub_split[s] for s in splits))
+        return {
+            s: [dict(r, label=names[r["label"]] if r["label"] >= 0 else None) for r in raw[hub_split[s]]]
+            for s in splits
+        }
+    from tasks.base import local_file
+
+    files = {s: local_file(data_dir, local_validation if s == "validation" else f"{s}.tsv") for s in splits}
+    # GLUE TSVs contain unbalanced quotes: read them with quoting disabled (csv.QUOTE_NONE == 3);
+    # utf-8-sig drops the byte-order mark that starts MRPC's header.
+    raw = load_local("csv", files, delimiter="\t", quoting=3, keep_default_na=False, encoding="utf-8-sig")
+    cols = LOCAL_COLUMNS[hub_config]
+    out = {}
+    for s, rows in raw.items():
+        missing = [c for c in cols if rows and c not in rows[0]]
+        if missing:
+            raise ValueError(f"{files[s]} lacks column(s) {missing} of the original GLUE {hub_config} TSV")
+        out[s] = [{new: (label_name(r[old], names) if new == "label" else r[old]) for old, new in cols.items()}
+                  for r in rows]
+    return out
 
 
+class GlueTask(BenchTask):
+    """A GLUE classification task; `words` maps hub label names to the Appendix D label words."""
+
+    hub_id = "nyu-mll/glue"
+    hub_config = ""
+    words: dict[str, str] = {}  # hub label name -> label word
+    labels: list[str] = []  # label words in hub class-id order (encoder heads use this order)
+    metric = "acc"  # 'acc' (iapt.txt) or 'acc-f1' (id-spam.txt: MRPC, QQP)
+
+    def load_raw(self, data_dir):
+        return load_glue(self.hub_config, data_dir, self.raw_splits())
+
+    def word(self, row) -> str:
+        return self.words[str(row["label"])]
+
+    def example(self, row, idx, query) -> Example:
+        label = self.word(row)
+        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label)
+
+    def score(self, predictions, examples):
+        refs = [e.references for e in examples]
+        if self.metric == "acc-f1":
+            return acc_f1(predictions, refs, self.labels)
+        out = acc_f1(predictions, refs, self.labels)
+        return {"acc": out["acc"], "f1": out["f1"], "acc-f1": out["acc-f1"]}
+
+    def splits(self, data_dir=None):
+        if getattr(self.cfg, "source", None) not in (None, self.cfg.name):
+            return transfer_splits(self, data_dir, super().splits)
+        return super().splits(data_dir)
+
+
+def nli_query(s1: str, s2: str, question: str = NLI_QUESTION) -> str:
+    return f"sentence 1: {s1}\nsentence 2: {s2}\n{question}"
+
+
+# --- SST-2 ---------------------------------------------------------------------------------------
+@dataclass
+class Sst2Config(TaskConfig):
+    name: str = "sst2"
+    max_new_tokens: int = 4  # 'positive' / 'negative'
+    source: str | None = None  # training task: null/sst2 = SST-2 itself; imdb = IMDB -> SST-2 transfer
+    source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)
+
+
+@register_task("sst2", Sst2Config)
+class Sst2(GlueTask):
+    """SST-2 with the Appendix D sentiment template; labels 'negative' / 'positive'."""
+
+    hub_config = "sst2"
+    words = {"negative": "negative", "positive": "positive"}
+    labels = ["negative", "positive"]
+    transfer_sources = ("imdb",)
+
+    def to_example(self, row, idx):
+        return self.example(row, idx, sentiment_query(row["sentence"]))
+
+
+def sentiment_query(text: str) -> str:
+    """Appendix D SST-2 template (also used for IMDB, the SST-2 -> IMDB transfer target)."""
+    return f"{text.strip()}\nThe sentiment of the given sentence is:"
+
+
+# --- RTE / QNLI ----------------------------------------------------------------------------------
 @dataclass
 class RteConfig(TaskConfig):
     name: str = "rte"
@@ -40,22 +142,102 @@ class RteConfig(TaskConfig):
 
 
 @register_task("rte", RteConfig)
-class Rte(Task):
+class Rte(GlueTask):
     """RTE with the Appendix D NLI template; labels 'entailment' / 'not entailment'."""
 
+    hub_config = "rte"
+    words = {"entailment": "entailment", "not_entailment": "not entailment"}
     labels = ["entailment", "not entailment"]
 
-    def load_raw(self, data_dir):
-        return load_glue("rte", data_dir)
+    def to_example(self, row, idx):
+        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"]))
+
+
+@dataclass
+class QnliConfig(CarveConfig):
+    name: str = "qnli"
+    max_new_tokens: int = 8  # 'not entailment' is 3-4 tokens
+
+
+@register_task("qnli", QnliConfig)
+class Qnli(GlueTask):
+    """QNLI with the Appendix D NLI template (sentence 1 = question, sentence 2 = context sentence)."""
+
+    hub_config = "qnli"
+    words = {"entailment": "entailment", "not_entailment": "not entailment"}
+    labels = ["entailment", "not entailment"]
 
     def to_example(self, row, idx):
-        label = str(row["label"]).replace("_", " ")
-        query = (
-            f"sentence 1: {row['sentence1']}\n"
-            f"sentence 2: {row['sentence2']}\n"
-            "Are sentence 1 and sentence 2 have entailment relation or not?"
-        )
-        return Example(id=str(row.get("idx", row.get("index", idx))), query=query, response=label, label=label)
+        return self.example(row, idx, nli_query(row["question"], row["sentence"]))
 
-    def score(self, predictions, examples):
-        return accuracy(predictions, [e.references for e in examples])
+
+# --- MNLI ----------------------------------------------------------------------------------------
+@dataclass
+class MnliConfig(TaskConfig):
+    name: str = "mnli"
+    max_new_tokens: int = 6  # 'entailment' / 'neutral' / 'contradiction'
+    validation: str = "matched"  # which original validation set is the test set: matched | mismatched
+
+
+@register_task("mnli", MnliConfig)
+class Mnli(GlueTask):
+    """MNLI (id-spam.txt) with an Appendix-D-style template; labels entailment / neutral / contradiction."""
+
+    hub_config = "mnli"
+    words = {"entailment": "entailment", "neutral": "neutral", "contradiction": "contradiction"}
+    labels = ["entailment", "neutral", "contradiction"]
+
+    def load_raw(self, data_dir):
+        which = self.cfg.validation
+        if which not in ("matched", "mismatched"):
+            raise ValueError(f"task.validation='{which}' is not one of matched, mismatched")
+        return load_glue("mnli", data_dir, self.raw_splits(), f"validation_{which}", f"dev_{which}.tsv")
+
+    def to_example(self, row, idx):
+        question = "Are sentence 1 and sentence 2 have entailment, neutral or contradiction relation?"
+        return self.example(row, idx, nli_query(row["premise"], row["hypothesis"], question))
+
+
+# --- MRPC / QQP ----------------------------------------------------------------------------------
+@dataclass
+class MrpcConfig(TaskConfig):
+    name: str = "mrpc"
+    max_new_tokens: int = 6  # 'not equivalent' is 3-4 tokens
+    source: str | None = None  # training task: null/mrpc = MRPC itself; qqp = QQP -> MRPC transfer
+    source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)
+
+
+@register_task("mrpc", MrpcConfig)
+class Mrpc(GlueTask):
+    """MRPC (id-spam.txt): labels 'equivalent' / 'not equivalent'; score = mean of accuracy and macro-F1."""
+
+    hub_config = "mrpc"
+    words = {"not_equivalent": "not equivalent", "equivalent": "equivalent"}
+    labels = ["not equivalent", "equivalent"]
+    metric = "acc-f1"
+    transfer_sources = ("qqp",)
+
+    def to_example(self, row, idx):
+        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"], PARAPHRASE_QUESTION))
+
+
+@dataclass
+class QqpConfig(TaskConfig):
+    name: str = "qqp"
+    max_new_tokens: int = 6  # 'not equivalent' is 3-4 tokens
+    source: str | None = None  # training task: null/qqp = QQP itself; mrpc = MRPC -> QQP transfer
+    source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)
+
+
+@register_task("qqp", QqpConfig)
+class Qqp(GlueTask):
+    """QQP (id-spam.txt) with MRPC's template and label words, so the two transfer into each other."""
+
+    hub_config = "qqp"
+    words = {"not_duplicate": "not equivalent", "duplicate": "equivalent"}
+    labels = ["not equivalent", "equivalent"]
+    metric = "acc-f1"
+    transfer_sources = ("mrpc",)
+
+    def to_example(self, row, idx):
+        return self.example(row, idx, nli_query(row["question1"], row["question2"], PARAPHRASE_QUESTION))

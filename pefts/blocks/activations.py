@@ -1,0 +1,129 @@
+"""Activations of the input-aware generators: ReLU, GELU and IAPT's learnable rational (Padé) activation.
+
+IAPT (iapt.txt eq. 3) learns the generator's activation as a rational function of order (m, n) = (6, 5)
+
+    R(x) = sum_{j=0..m} a_j x^j / (1 + | sum_{i=1..n} b_i x^i |)
+
+initialised "by approximating the GeLU activation function" (section 4.3). The paper publishes no
+coefficients, so `scripts/fit_rational.py` fits them here (exact erf-GELU, range [-8, 8]; see
+docs/deviations-blocks.md). A degree-(6, 5) rational cannot follow GELU at both infinities (for large
+|x| it grows like c*|x| or tends to a constant), so beyond the fitted range `Rational` continues as the
+straight line tangent to R at the range's edge (value and slope of the *current*, learned R, so the
+extension is learned too and gradients reach every a_j, b_i). Inside the range it is exactly eq. 3.
+
+    act = make_activation("rational")   # or "gelu", "relu"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+# Fitted by `python -m scripts.fit_rational` (order (6, 5), exact erf-GELU, x in [-8, 8], 4001 points,
+# Sanathanan-Koerner reweighted linear least squares with value and slope pinned to GELU's at +-8).
+# Max |R - GELU| on [-8, 8]: 4.3e-3 (dense grid of 160001 points); slope at +-8 within 2e-7 of GELU's, so the
+# linear continuation stays within 2e-3 of GELU up to |x| = 1e4 (errors at |x| = 5, 10, 100, 1e4: 1.3e-3, 9e-7,
+# 1.5e-5, 1.6e-3). The fit is even-symmetric: b_odd = 0, a_odd = b_even / 2 (i.e. R = x/2 + even part).
+RATIONAL_GELU_RANGE = 8.0
+RATIONAL_GELU_NUMERATOR = (  # a_0 .. a_6
+    -3.995217e-03,
+    5.000000e-01,
+    4.225526e-01,
+    1.323804e-01,
+    1.922843e-02,
+    1.291886e-03,
+    3.170870e-05,
+)
+RATIONAL_GELU_DENOMINATOR = (  # b_1 .. b_5
+    0.0,
+    2.647608e-01,
+    0.0,
+    2.583772e-03,
+    0.0,
+)
+RATIONAL_GELU_MAX_ERROR = 4.3e-3
+
+
+def _polyval(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """coef[0] + coef[1] x + ... + coef[-1] x^(len-1), by Horner's rule (bounded intermediates)."""
+    y = torch.zeros_like(x) + coef[-1]
+    for k in range(coef.shape[0] - 2, -1, -1):
+        y = y * x + coef[k]
+    return y
+
+
+def rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """IAPT eq. 3: P(x) / (1 + |Q(x)|), numerator = (a_0..a_m), denominator = (b_1..b_n)."""
+    p = _polyval(numerator, x)
+    q = x * _polyval(denominator, x)
+    return p / (1.0 + q.abs())
+
+
+def rational_slope(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """dR/dx of `rational` (analytic; differentiable in the coefficients)."""
+    m, n = numerator.shape[0] - 1, denominator.shape[0]
+    dnum = numerator[1:] * torch.arange(1, m + 1, dtype=numerator.dtype, device=numerator.device)
+    dden = denominator * torch.arange(1, n + 1, dtype=denominator.dtype, device=denominator.device)
+    p, q = _polyval(numerator, x), x * _polyval(denominator, x)
+    dp = _polyval(dnum, x) if m > 0 else torch.zeros_like(x)
+    dq = _polyval(dden, x)
+    den = 1.0 + q.abs()
+    return dp / den - p * torch.sign(q) * dq / den**2
+
+
+class Rational(nn.Module):
+    """Learnable rational activation of IAPT eq. 3 (Padé activation unit, Molina et al. 2019).
+
+    numerator: (a_0..a_m) initial values; denominator: (b_1..b_n) initial values. Give both or
+    neither; neither means order (6, 5) initialised to approximate GELU (the fit stored above).
+    bound: for |x| > bound, R continues linearly with its value and slope at +-bound (C1); inputs
+    are clamped before the polynomials, so any finite input gives a finite output. None applies
+    eq. 3 on the whole real line (as the paper writes it; unsafe for |x| >> bound).
+    Computation runs in at least float32 whatever the input dtype; the output has the input's dtype.
+    """
+
+    def __init__(
+        self,
+        numerator: Sequence[float] | None = None,
+        denominator: Sequence[float] | None = None,
+        bound: float | None = RATIONAL_GELU_RANGE,
+    ):
+        super().__init__()
+        assert (numerator is None) == (denominator is None), "give both numerator and denominator, or neither"
+        if numerator is None:
+            numerator, denominator = RATIONAL_GELU_NUMERATOR, RATIONAL_GELU_DENOMINATOR
+        assert len(numerator) >= 1 and len(denominator) >= 1, "need a_0 and at least b_1"
+        assert bound is None or bound > 0, f"bound must be positive or None, got {bound}"
+        self.numerator = nn.Parameter(torch.tensor(list(numerator), dtype=torch.float32))
+        self.denominator = nn.Parameter(torch.tensor(list(denominator), dtype=torch.float32))
+        self.bound = None if bound is None else float(bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ct = torch.promote_types(x.dtype, torch.float32)
+        xc, a, b = x.to(ct), self.numerator.to(ct), self.denominator.to(ct)
+        if self.bound is None:
+            return rational(xc, a, b).to(x.dtype)
+        c = self.bound
+        y = rational(xc.clamp(-c, c), a, b)
+        edges = torch.tensor([-c, c], dtype=ct, device=x.device)
+        v, s = rational(edges, a, b), rational_slope(edges, a, b)
+        y = torch.where(xc > c, v[1] + s[1] * (xc - c), y)
+        y = torch.where(xc < -c, v[0] + s[0] * (xc + c), y)
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        m, n = self.numerator.numel() - 1, self.denominator.numel()
+        return f"order=({m}, {n}), bound={self.bound}"
+
+
+_ACTIVATIONS = {"gelu": nn.GELU, "rational": Rational, "relu": nn.ReLU}
+
+
+def make_activation(name: str, **kw) -> nn.Module:
+    """A fresh activation module: 'relu' (nn.ReLU), 'gelu' (nn.GELU, exact erf form unless
+    approximate='tanh'), 'rational' (`Rational`, learnable, GELU-initialised). `kw` go to the class."""
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid options: {', '.join(sorted(_ACTIVATIONS))}")
+    return _ACTIVATIONS[name](**kw)

@@ -1,0 +1,579 @@
+"""Injectors of the input-aware PEFT family: *where* generated tensors enter a frozen backbone.
+
+Two injectors, generic over the generator, which is any callable
+
+    gen(layer_idx: int, hidden: Tensor[B, T, d], instruction_mask: Tensor[B, T]) -> Tensor[B, n, out]
+
+called at prefill with the input hidden states of a chosen layer (or of its `read_layer`) and a mask of
+the instruction tokens, never during cached decode steps:
+
+- `SoftPromptInjector` (IAPT, ID-SPAM, LPT, IDPG): `n` placeholder positions are inserted into the
+  sequence (`insert_soft_positions`); at each chosen layer their hidden states are *replaced* by that
+  layer's generated soft tokens (iapt.txt section 3.3 and footnote 3); before the first chosen layer they
+  are masked out of attention, so those layers compute exactly what the frozen backbone computes.
+- `ScalingInjector` (PARA eqs. 4-5, PARADE; PARADE-3 adds Key and Gate): one generated vector per row and
+  layer multiplies the outputs of the Query / Key / Value / Gate / Up projections.
+
+Architectures come from one table (`ARCHS`: Llama layout incl. SmolLM2/Mistral/Qwen2/Gemma, GPT-2's fused
+`c_attn`, GPT-NeoX's per-head fused `query_key_value`, RoBERTa encoders). Hooks are installed once and act
+only inside `with injector.active(...)`; `pefts/family.py` wraps all this into an HF-like model:
+
+    inj = SoftPromptInjector(model, layers=[2], n_tokens=4, generator=gen)
+    lay = insert_soft_positions(ids, mask, None, instruction_mask(mask), 4, "prepend", fill_id=0)
+    with inj.active(lay.instr, soft_start=lay.start):
+        out = model(input_ids=lay.input_ids, attention_mask=lay.attention_mask, position_ids=lay.position_ids)
+
+Interpretations (positions of soft tokens, beams, masks) are recorded in docs/deviations-injectors.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+Generator = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+TARGETS = ("q", "k", "v", "gate", "up")  # canonical order of the pieces of a generated scaling vector
+_KW = "_family_scales"  # kwarg carrying a layer's multipliers from the layer hook to its attention module
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Architecture table
+# ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Arch:
+    """Where things live, relative to `model.base_model`.
+
+    layers: the layer list; attn: the attention module inside a layer (receives the layer's **kwargs);
+    scale: target -> (module path inside a layer, "out" = multiply its output / "in" = its input, layout),
+    layout "plain" (one target), "qkv" (GPT-2: [q | k | v] blocks), "qkv_heads" (GPT-NeoX: per head
+    [q_h | k_h | v_h]); rotary: positions act inside attention (inserted tokens then occupy positions);
+    causal: decoder (False for encoders)."""
+
+    layers: str
+    attn: str
+    scale: dict
+    rotary: bool = True
+    causal: bool = True
+
+
+_LLAMA = Arch(
+    layers="layers",
+    attn="self_attn",
+    scale={
+        "q": ("self_attn.q_proj", "out", "plain"),
+        "k": ("self_attn.k_proj", "out", "plain"),
+        "v": ("self_attn.v_proj", "out", "plain"),
+        "gate": ("mlp.gate_proj", "out", "plain"),
+        "up": ("mlp.up_proj", "out", "plain"),
+    },
+)
+# Non-gated FFNs: PARA's U' = l_u * U enters the down projection as l_u * (g(G) * U), i.e. the scaling of
+# the down projection's input; with no gate that input is act(x W_up), so "up" scales it there.
+_GPT2 = Arch(
+    layers="h",
+    attn="attn",
+    scale={
+        "q": ("attn.c_attn", "out", "qkv"),
+        "k": ("attn.c_attn", "out", "qkv"),
+        "v": ("attn.c_attn", "out", "qkv"),
+        "up": ("mlp.c_proj", "in", "plain"),
+    },
+    rotary=False,
+)
+_NEOX = Arch(
+    layers="layers",
+    attn="attention",
+    scale={
+        "q": ("attention.query_key_value", "out", "qkv_heads"),
+        "k": ("attention.query_key_value", "out", "qkv_heads"),
+        "v": ("attention.query_key_value", "out", "qkv_heads"),
+        "up": ("mlp.dense_4h_to_h", "in", "plain"),
+    },
+)
+_ROBERTA = Arch(
+    layers="encoder.layer",
+    attn="attention",
+    scale={
+        "q": ("attention.self.query", "out", "plain"),
+        "k": ("attention.self.key", "out", "plain"),
+        "v": ("attention.self.value", "out", "plain"),
+        "up": ("output.dense", "in", "plain"),
+    },
+    rotary=False,
+    causal=False,
+)
+ARCHS: dict[str, Arch] = {
+    **{t: _LLAMA for t in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")},
+    "gpt2": _GPT2,
+    "gpt_neox": _NEOX,
+    "roberta": _ROBERTA,
+}
+
+
+def arch_of(model: nn.Module) -> Arch:
+    model_type = getattr(model.config, "model_type", None)
+    assert model_type in ARCHS, f"model_type '{model_type}' has no entry in ARCHS; known: {sorted(ARCHS)}"
+    return ARCHS[model_type]
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def layer_list(model: nn.Module) -> nn.ModuleList:
+    """The Transformer layers of a (causal-LM or bare) backbone."""
+    return _get(getattr(model, "base_model", model), arch_of(model).layers)
+
+
+def _features(mod: nn.Module, where: str) -> int:
+    if isinstance(mod, nn.Linear):
+        return mod.out_features if where == "out" else mod.in_features
+    if hasattr(mod, "nf"):  # transformers' Conv1D (GPT-2): weight is [in, out]
+        return mod.nf if where == "out" else mod.weight.shape[0]
+    raise TypeError(f"cannot read the feature size of {type(mod).__name__}")
+
+
+def scaling_dims(model: nn.Module, targets: Sequence[str]) -> dict[str, int]:
+    """Size of each scaling vector (in TARGETS order): e.g. Llama with GQA gives l_k, l_v of
+    num_key_value_heads * head_dim, not d_model (PARA assumes MHA)."""
+    arch, layer = arch_of(model), layer_list(model)[0]
+    unknown = [t for t in targets if t not in TARGETS]
+    assert not unknown, f"unknown scaling targets {unknown}; choose from {TARGETS}"
+    dims = {}
+    for t in TARGETS:
+        if t not in targets:
+            continue
+        assert t in arch.scale, (
+            f"target '{t}' does not exist in {model.config.model_type} (no gated FFN / no such module)")
+        path, where, layout = arch.scale[t]
+        n = _features(_get(layer, path), where)
+        dims[t] = n // 3 if layout != "plain" else n
+    return dims
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Instruction mask and sequence expansion
+# ----------------------------------------------------------------------------------------------------------
+def instruction_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Instruction (prompt) tokens, by masks only (no padding side assumed): attended tokens before the
+    first supervised label when `labels` are given (training rows: prompt + response); all attended tokens
+    otherwise (generation prefill)."""
+    instr = attention_mask.bool()
+    if labels is not None:
+        before_first = (labels != -100).long().cumsum(1) == 0
+        instr = instr & before_first
+    assert bool(instr.any(1).all()), "every row needs at least one instruction token (attended, label -100)"
+    return instr
+
+
+@dataclass
+class SoftLayout:
+    """A batch with `n` soft positions inserted per row (all tensors in expanded coordinates except `src`)."""
+
+    input_ids: torch.Tensor  # [B, T+n], placeholder id at soft positions
+    attention_mask: torch.Tensor  # [B, T+n], 1 at soft positions
+    labels: torch.Tensor | None  # [B, T+n], -100 at soft positions
+    position_ids: torch.Tensor  # [B, T+n]
+    instr: torch.Tensor  # [B, T+n] bool, instruction tokens (soft positions excluded)
+    start: torch.Tensor  # [B] first soft position
+    src: torch.Tensor  # [B, T] expanded position whose logits predict the token after original token t
+
+
+def insert_soft_positions(input_ids, attention_mask, labels, instr, n: int, position: str, fill_id: int,
+                          occupy_positions: bool = True) -> SoftLayout:
+    """Insert `n` positions per row before the first instruction token ("prepend") or right after the
+    last one ("append"), wherever each row's padding is. Positions (`position_ids`): with
+    `occupy_positions` the soft tokens count like real tokens (cumulative sum of the expanded mask, as HF
+    `generate` computes them); otherwise (absolute learned positions, GPT-2) real tokens keep their
+    original positions and soft tokens repeat the preceding token's."""
+    assert position in ("prepend", "append"), f"position must be 'prepend' or 'append', got '{position}'"
+    B, T = input_ids.shape
+    dev = input_ids.device
+    ar = torch.arange(T, device=dev).expand(B, T)
+    if position == "prepend":
+        at = torch.where(instr, ar, T).amin(1)
+    else:
+        at = torch.where(instr, ar, -1).amax(1) + 1
+    newpos = ar + n * (ar >= at[:, None])  # where original token t goes
+    soft = at[:, None] + torch.arange(n, device=dev)  # [B, n]
+
+    def spread(x, fill):
+        out = x.new_full((B, T + n), fill)
+        return out.scatter(1, newpos, x)
+
+    ids = spread(input_ids, fill_id)
+    mask = spread(attention_mask.long(), 0).scatter(1, soft, 1)
+    lab = spread(labels, -100) if labels is not None else None
+    instr_x = spread(instr, False)
+    if occupy_positions:
+        pos = (mask.cumsum(1) - 1).masked_fill(mask == 0, 0)
+    else:
+        real = spread(attention_mask.long(), 0)
+        pos = (real.cumsum(1) - 1).clamp(min=0).masked_fill(mask == 0, 0)
+    src = newpos + n * (ar == (at - 1)[:, None])  # the token just before the block reads the last soft token
+    return SoftLayout(ids, mask.to(attention_mask.dtype), lab, pos, instr_x, at, src)
+
+
+def plain_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from the mask (as HF `generate` computes them), so any padding side gives each row
+    the positions it would have alone."""
+    m = attention_mask.long()
+    return (m.cumsum(1) - 1).masked_fill(m == 0, 0)
+
+
+def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Move every row's padding to the left (stable, keeps token order): generation needs prompts that
+    end at the last column, whatever padding side the caller used."""
+    order = torch.sort(attention_mask.long(), dim=1, stable=True).indices
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runtime state and hooks
+# ----------------------------------------------------------------------------------------------------------
+class _State:
+    """Per-call facts the hooks read: per-row tensors (expanded for beams on first sight of a larger
+    batch), the cache offset of the current backbone call, and prefill products kept for decode."""
+
+    def __init__(self, instr, soft_start, tenant, tenant_generators):
+        self.instr = instr.bool()
+        self.soft_start = soft_start
+        self.tenant = tenant
+        self.tenant_generators = tenant_generators
+        self.past = 0
+        self.vectors: dict[int, torch.Tensor] = {}  # scaling: layer -> [B, dim] (kept for decode)
+        self.reads: dict[int, torch.Tensor] = {}  # read layer -> hidden states at prefill
+        self._groups = None
+
+    @property
+    def batch(self) -> int:
+        return self.instr.shape[0]
+
+    def expand(self, batch: int) -> None:
+        """`generate` repeats every row k times (beams, num_return_sequences) with repeat_interleave;
+        beam reordering later only permutes rows of one example, which share these values."""
+        assert batch % self.batch == 0, f"batch {batch} is not a multiple of the {self.batch} rows given"
+        k = batch // self.batch
+        self.instr = self.instr.repeat_interleave(k, 0)
+        if self.soft_start is not None:
+            self.soft_start = self.soft_start.repeat_interleave(k, 0)
+        if self.tenant is not None:
+            self.tenant = self.tenant.repeat_interleave(k, 0)
+        self._groups = None
+
+    def groups(self):
+        """[(generator, rows)] per tenant present, or None for a single generator."""
+        if self.tenant is None:
+            return None
+        if self._groups is None:
+            present = torch.unique(self.tenant).tolist()
+            self._groups = [(self.tenant_generators[t], (self.tenant == t).nonzero().squeeze(1)) for t in present]
+        return self._groups
+
+
+def _param_names(fn) -> list[str]:
+    return [p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+class _ArgAccess:
+    """Read / replace one argument of a hooked forward, whether it came positionally or by keyword."""
+
+    def __init__(self, module: nn.Module, name: str):
+        names = _param_names(module.forward)
+        self.name, self.index = name, names.index(name) if name in names else None
+
+    def get(self, args, kwargs):
+        if self.name in kwargs:
+            return kwargs[self.name]
+        if self.index is not None and self.index < len(args):
+            return args[self.index]
+        return None
+
+    def put(self, args, kwargs, value):
+        if self.index is not None and self.index < len(args) and self.name not in kwargs:
+            args = (*args[: self.index], value, *args[self.index + 1:])
+        else:
+            kwargs[self.name] = value
+        return args, kwargs
+
+
+class _Injector:
+    """Common part: layer discovery, the per-call hook on the base model, the prefill/decode decision,
+    generator dispatch (one generator, or one per tenant), and hook removal."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[int], generator: Generator,
+                 read_layer: int | None = None):
+        self.model, self.arch = model, arch_of(model)
+        self.base = getattr(model, "base_model", model)
+        self.layers_list = _get(self.base, self.arch.layers)
+        L = len(self.layers_list)
+        self.layers = sorted(set(int(i) for i in layers))
+        assert self.layers and all(0 <= i < L for i in self.layers), f"layers {self.layers} not in [0, {L})"
+        assert read_layer is None or 0 <= read_layer <= self.layers[0], (
+            f"read_layer={read_layer} must lie in [0, first chosen layer {self.layers[0]}]")
+        self.read_layer = read_layer
+        self.generator = generator
+        self.state: _State | None = None
+        self.calls = 0  # generator calls (tests check that decode steps make none)
+        self._handles = []
+        self._past = _ArgAccess(self.base, "past_key_values") if "past_key_values" in _param_names(
+            self.base.forward) else None
+        self._ids = _ArgAccess(self.base, "input_ids")
+        self._emb = _ArgAccess(self.base, "inputs_embeds")
+        self._handles.append(self.base.register_forward_pre_hook(self._base_pre, with_kwargs=True))
+        layer0 = self.layers_list[0]
+        self._hidden = _ArgAccess(layer0, "hidden_states")
+        self._mask = _ArgAccess(layer0, "attention_mask")
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None):
+        """Hooks act inside this block. instr: [B, T] instruction mask in the coordinates the backbone
+        sees; soft_start: [B] first soft position (soft prompts); tenant: [B] long index into
+        `tenant_generators` (multi-tenant batches), None for the single `generator`."""
+        assert self.state is None, "injector already active (nested calls are not supported)"
+        self.state = _State(instr, soft_start, tenant, tenant_generators)
+        try:
+            yield self.state
+        finally:
+            self.state = None
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def _base_pre(self, module, args, kwargs):
+        st = self.state
+        if st is None:
+            return None
+        cache = self._past.get(args, kwargs) if self._past is not None else None
+        st.past = int(cache.get_seq_length()) if cache is not None else 0
+        x = self._ids.get(args, kwargs)
+        x = x if x is not None else self._emb.get(args, kwargs)
+        if x.shape[0] != st.batch:
+            st.expand(x.shape[0])
+        return None
+
+    def _is_prefill(self, st: _State, q: int) -> bool:
+        """True when this call sees the whole prompt (prefill, or any no-cache step): generate now.
+        False in cached decode steps: reuse what prefill produced."""
+        T = st.instr.shape[1]
+        if st.past == 0:
+            assert q >= T, f"prefill saw {q} of {T} prompt positions: chunked prefill is not supported"
+            return True
+        assert st.past >= T, f"a call starting at cache position {st.past} < prompt length {T} is not supported"
+        return False
+
+    def _instr_window(self, st: _State, q: int) -> torch.Tensor:
+        T = st.instr.shape[1]
+        return st.instr if q == T else torch.nn.functional.pad(st.instr, (0, q - T), value=False)
+
+    def _generate(self, layer: int, hidden: torch.Tensor, instr: torch.Tensor) -> torch.Tensor:
+        st = self.state
+        groups = st.groups()
+        self.calls += 1
+        if groups is None:
+            return self.generator(layer, hidden, instr)
+        out = None
+        for gen, rows in groups:
+            o = gen(layer, hidden.index_select(0, rows), instr.index_select(0, rows))
+            out = o.new_zeros((hidden.shape[0], *o.shape[1:])) if out is None else out
+            out = out.index_copy(0, rows, o)
+        return out
+
+    def _source(self, st: _State, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden if self.read_layer is None else st.reads[self.read_layer]
+
+    def _register_layer_hooks(self, wanted: set[int], fn) -> None:
+        for i in sorted(wanted):
+            layer = self.layers_list[i]
+            self._handles.append(layer.register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: fn(i, args, kwargs), with_kwargs=True))
+
+
+class SoftPromptInjector(_Injector):
+    """Soft tokens at `n_tokens` inserted positions, replaced at every chosen layer by that layer's
+    generated tokens (iapt.txt footnote 3: the previous layer's are discarded). Layers before the first
+    chosen one do not see the inserted positions (masked keys); layers after a chosen one propagate them
+    like ordinary tokens until the next chosen layer replaces them. At decode they live in the KV cache."""
+
+    def __init__(self, model, layers, n_tokens: int, generator: Generator, read_layer: int | None = None):
+        super().__init__(model, layers, generator, read_layer)
+        assert n_tokens > 0, "n_tokens must be positive"
+        self.n = n_tokens
+        wanted = set(self.layers) | set(range(self.layers[0]))
+        if read_layer is not None:
+            wanted.add(read_layer)
+        self._register_layer_hooks(wanted, self._layer_pre)
+
+    def _layer_pre(self, i: int, args, kwargs):
+        st = self.state
+        if st is None:
+            return None
+        hidden = self._hidden.get(args, kwargs)
+        q = hidden.shape[1]
+        prefill = self._is_prefill(st, q)
+        if prefill and i == self.read_layer:
+            st.reads[i] = hidden
+        if prefill and i in self.layers:
+            soft = self._generate(i, self._source(st, i, hidden), self._instr_window(st, q))
+            assert soft.shape == (hidden.shape[0], self.n, hidden.shape[2]), (
+                f"generator returned {tuple(soft.shape)}, expected {(hidden.shape[0], self.n, hidden.shape[2])}")
+            idx = (st.soft_start[:, None] + torch.arange(self.n, device=hidden.device))[..., None]
+            hidden = hidden.scatter(1, idx.expand(-1, -1, hidden.shape[2]), soft.to(hidden.dtype))
+            args, kwargs = self._hidden.put(args, kwargs, hidden)
+        if i < self.layers[0]:
+            mask = self._hide(st, self._mask.get(args, kwargs), q, hidden)
+            args, kwargs = self._mask.put(args, kwargs, mask)
+        return args, kwargs
+
+    def _hide(self, st: _State, mask, q: int, hidden: torch.Tensor):
+        """Mask the soft positions as keys for every query except the soft positions themselves (so no
+        row is left without keys), for one layer before the first chosen one."""
+        dev = hidden.device
+        kv = mask.shape[-1] if mask is not None else st.past + q
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 4):
+            raise NotImplementedError(
+                f"hiding soft positions needs a 4D mask (eager/sdpa attention), got {type(mask).__name__}; "
+                "use attn_implementation='sdpa' or 'eager', or inject at layer 0")
+        if kv != st.past + q:
+            raise NotImplementedError(f"mask covers {kv} keys, expected {st.past + q} (sliding-window cache?)")
+        start = st.soft_start[:, None]
+        kpos = torch.arange(kv, device=dev)[None]
+        qpos = st.past + torch.arange(q, device=dev)[None]
+        soft_k = (kpos >= start) & (kpos < start + self.n)  # [B, kv]
+        soft_q = (qpos >= start) & (qpos < start + self.n)  # [B, q]
+        hide = soft_k[:, None, None, :] & ~soft_q[:, None, :, None]  # [B, 1, q, kv]
+        if mask is None:
+            keep = kpos[0][None, :] <= qpos[0][:, None] if self.arch.causal else torch.ones(q, kv, dtype=torch.bool,
+                                                                                               device=dev)
+            keep = keep[None, None] & ~hide
+            if self.base.config._attn_implementation == "eager":
+                return torch.zeros(keep.shape, dtype=hidden.dtype, device=dev).masked_fill(
+                    ~keep, torch.finfo(hidden.dtype).min)
+            return keep
+        if mask.dtype == torch.bool:
+            return mask & ~hide
+        return mask.masked_fill(hide, torch.finfo(mask.dtype).min)
+
+
+class ScalingInjector(_Injector):
+    """Per-row vectors multiplying projection outputs of chosen layers (PARA eqs. 4-5: Q' = l_q * Q,
+    V' = l_v * V, U' = l_u * U; PARADE-3 also l_k, l_gate). The generator returns [B, 1, sum(dims)],
+    split in TARGETS order. Vectors are generated at prefill and kept per row for decode steps."""
+
+    def __init__(self, model, layers, targets: Sequence[str], generator: Generator, read_layer: int | None = None):
+        super().__init__(model, layers, generator, read_layer)
+        self.dims = scaling_dims(model, targets)
+        self.width = sum(self.dims.values())
+        self._cur: dict[int, dict[str, torch.Tensor]] = {}
+        wanted = set(self.layers) | ({read_layer} if read_layer is not None else set())
+        self._register_layer_hooks(wanted, self._layer_pre)
+        # modules to hook, each with its assembly recipe: [(target or None, size)], permutation or None
+        self._recipes: dict[str, tuple[str, list, torch.Tensor | None]] = {}
+        layer0 = self.layers_list[0]
+        for t in self.dims:
+            path, where, layout = self.arch.scale[t]
+            if path in self._recipes:
+                continue
+            if layout == "plain":
+                self._recipes[path] = (where, [(t, self.dims[t])], None)
+                continue
+            full = _features(_get(layer0, path), "out")
+            d = full // 3
+            parts = [(s if s in self.dims else None, d) for s in ("q", "k", "v")]
+            perm = None
+            if layout == "qkv_heads":  # physical h*3hd + s*hd + j  <-  logical s*d + h*hd + j
+                heads = model.config.num_attention_heads
+                hd = d // heads
+                h, s, j = torch.meshgrid(torch.arange(heads), torch.arange(3), torch.arange(hd), indexing="ij")
+                perm = (s * d + h * hd + j).reshape(-1)
+            self._recipes[path] = (where, parts, perm)
+        self._last = list(self._recipes)[-1]
+        for i in self.layers:
+            layer = self.layers_list[i]
+            self._handles.append(_get(layer, self.arch.attn).register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True))
+            for path, (where, _, _) in self._recipes.items():
+                mod = _get(layer, path)
+                if where == "out":
+                    h = mod.register_forward_hook(lambda m, a, out, i=i, p=path: self._scale_out(i, p, out))
+                else:
+                    h = mod.register_forward_pre_hook(lambda m, a, i=i, p=path: self._scale_in(i, p, a))
+                self._handles.append(h)
+
+    def _layer_pre(self, i: int, args, kwargs):
+        st = self.state
+        if st is None:
+            return None
+        hidden = self._hidden.get(args, kwargs)
+        q = hidden.shape[1]
+        prefill = self._is_prefill(st, q)
+        if prefill and i == self.read_layer:
+            st.reads[i] = hidden
+        if i not in self.layers:
+            return None
+        if prefill:
+            vec = self._generate(i, self._source(st, i, hidden), self._instr_window(st, q))
+            assert vec.shape == (hidden.shape[0], 1, self.width), (
+                f"generator returned {tuple(vec.shape)}, expected {(hidden.shape[0], 1, self.width)}")
+            st.vectors[i] = vec[:, 0]
+        vec = st.vectors.get(i)
+        assert vec is not None and vec.shape[0] == hidden.shape[0], "no stored scaling vectors for this batch"
+        mults = self._multipliers(vec.to(hidden.dtype))
+        self._cur[i] = mults
+        # also through the layer's kwargs: activation checkpointing re-runs the layer's forward (not this
+        # hook) in backward, and the attention module's pre-hook picks the multipliers up again there
+        kwargs[_KW] = mults
+        return args, kwargs
+
+    def _multipliers(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        pieces = dict(zip(self.dims, vec.split(list(self.dims.values()), dim=1)))
+        out = {}
+        for path, (_, parts, perm) in self._recipes.items():
+            cols = [pieces[t] if t is not None else vec.new_ones(vec.shape[0], n) for t, n in parts]
+            m = torch.cat(cols, 1) if len(cols) > 1 else cols[0]
+            out[path] = m[:, perm.to(m.device)] if perm is not None else m
+        return out
+
+    def _attn_pre(self, i: int, args, kwargs):
+        mults = kwargs.pop(_KW, None)
+        if mults is not None:
+            self._cur[i] = mults
+        return args, kwargs
+
+    def _take(self, i: int, path: str) -> torch.Tensor | None:
+        """This layer's multiplier for `path`; the last hooked module of the layer (in execution order:
+        attention, then FFN) drops the layer's entry, so no stale multiplier outlives the layer call."""
+        m = self._cur.get(i)
+        if m is None:
+            return None
+        if path == self._last:
+            del self._cur[i]
+        return m[path][:, None, :]
+
+    def _scale_out(self, i: int, path: str, out):
+        m = self._take(i, path)
+        return None if m is None else out * m
+
+    def _scale_in(self, i: int, path: str, args):
+        m = self._take(i, path)
+        return None if m is None else (args[0] * m, *args[1:])
+
+    @contextlib.contextmanager
+    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None):
+        with super().active(instr, soft_start, tenant, tenant_generators) as st:
+            try:
+                yield st
+            finally:
+                self._cur.clear()

@@ -1,0 +1,267 @@
+"""One run: (backbone, method, task, seed) -> results/runs/<backbone>/<task>/<cell>/seed<k>.json.
+
+Protocol (iapt.txt Appendix F, as conf/runner/default.yaml): HF Trainer, AdamW, linear decay after 6%
+warm-up, dev loss every `eval_steps`, early stopping after `patience` evaluations without a lower dev
+loss, the best dev state (of the trainable parameters only: no backbone checkpoints) restored for
+test predictions, generated through the LM head with beam search.
+
+    python run.py backbone=tiny method=lora task=rte runner=debug data_dir=../shared/data/glue/RTE
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+
+import torch
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
+
+from pefts.registry import build_method
+from runners import results as R
+from runners.backbones import load_backbone
+from runners.data import TrainCollator, encode_train, prompt_batches
+from runners.errors import UserError
+from tasks.registry import build_task
+
+log = logging.getLogger(__name__)
+ZERO_SHOT = "zero-shot"  # cell name of the untrained-backbone reference row
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"runner.device='{name}' is not one of auto, cpu, cuda")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("runner.device='cuda' but no CUDA device is available; use runner.device=cpu or auto")
+    return name
+
+
+def effective_batch(runner, n_train: int) -> int:
+    """Appendix F: 16 for tasks with fewer than 10k training rows, 128 otherwise (unless set)."""
+    if runner.batch_size:
+        return int(runner.batch_size)
+    return runner.small_batch_size if n_train < runner.small_task_threshold else runner.large_batch_size
+
+
+def capped(splits: dict, runner) -> dict:
+    caps = {"train": runner.max_train_examples, "dev": runner.max_dev_examples, "test": runner.max_test_examples}
+    return {k: v if caps[k] is None else v[: caps[k]] for k, v in splits.items()}
+
+
+class BestStateAndEarlyStop(TrainerCallback):
+    """Keeps an in-memory copy of the trainable parameters at the lowest dev loss, stops after
+    `patience` evaluations without improvement, and records the dev-loss curve."""
+
+    def __init__(self, model: torch.nn.Module, patience: int):
+        self.model, self.patience = model, patience
+        self.best_loss, self.best_step, self.bad = math.inf, None, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.dev_curve: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        self.dev_curve.append({"step": state.global_step, "dev_loss": float(loss)})
+        log.info("step %d: dev loss %.4f", state.global_step, loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.bad = float(loss), state.global_step, 0
+            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                control.should_training_stop = True
+
+    def restore(self) -> None:
+        if self.best_state is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, v in self.best_state.items():
+                params[n].copy_(v)
+
+
+@torch.no_grad()
+def predict(model, tok, examples, task_cfg, runner, device: str) -> list[str]:
+    """Generated responses (beam search through the LM head), in the order of `examples`."""
+    model.eval()
+    out = [""] * len(examples)
+    max_prompt = max(8, runner.max_seq_len - task_cfg.max_new_tokens)
+    for ids, mask, idx in prompt_batches(examples, tok, task_cfg.template, max_prompt, runner.eval_batch_size):
+        gen = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=task_cfg.max_new_tokens,
+            num_beams=runner.num_beams, do_sample=False, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        texts = tok.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)
+        for i, t in zip(idx, texts):
+            out[i] = t.strip()
+    return out
+
+
+def prediction_rows(examples, predictions) -> list[dict]:
+    return [{"id": e.id, "prompt": e.query, "prediction": p, "reference": e.references}
+            for e, p in zip(examples, predictions)]
+
+
+def _log_curve(log_history: list[dict]) -> list[dict]:
+    return [{"step": h["step"], "train_loss": h["loss"]} for h in log_history if "loss" in h and "step" in h]
+
+
+def _wandb_start(cfg, config: dict, cell: str) -> str:
+    """Start a W&B run (offline without an API key); returns the Trainer `report_to` value."""
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        return "none"
+    import wandb
+
+    mode = cfg.logger.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    wandb.init(project=cfg.logger.project, group=f"{cfg.backbone.name}/{cfg.task.name}/{cell}",
+               name=f"seed{cfg.seed}", config=config, mode=mode, dir=os.path.abspath("outputs"),
+               reinit="finish_previous")
+    return "wandb"
+
+
+def _wandb_finish(record: dict) -> str | None:
+    try:
+        import wandb
+    except ImportError:
+        return None
+    if wandb.run is None:
+        return None
+    flat = {f"test/{k}": v for k, v in record["metrics"].items()}
+    flat.update({f"dev/{k}": v for k, v in record["dev"].items() if isinstance(v, int | float)})
+    flat.update({"params/trainable": record["params"]["trainable"], "wall_time_s": record["wall_time_s"]})
+    wandb.run.summary.update(flat)
+    where = wandb.run.dir
+    wandb.finish()
+    return os.path.dirname(where)
+
+
+def zero_shot(cfg, model, tok, splits, device, config: dict) -> dict:
+    """Score the untrained backbone on test once per (backbone, task, runner): the reference row."""
+    path = R.result_path(cfg, ZERO_SHOT).replace(f"seed{cfg.seed}.json", "seed0.json")
+    done = R.load_finished(path, config, drop_method=True)
+    if done and not cfg.force:
+        return done
+    t0 = time.time()
+    task = build_task(cfg.task)
+    preds = predict(model, tok, splits["test"], cfg.task, cfg.runner, device)
+    metrics = task.score(preds, splits["test"])
+    total = sum(p.numel() for p in model.parameters())
+    record = {"schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
+              "method": ZERO_SHOT, "variant": None, "cell": ZERO_SHOT, "seed": 0, "status": "ok",
+              "metrics": metrics, "dev": {}, "params": {"trainable": 0, "total": total},
+              "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
+              "curve": {"train": [], "dev": []}, "split_sizes": {k: len(v) for k, v in splits.items()}}
+    R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], preds))
+    R.write_json(path, record)
+    return record
+
+
+def run(cfg) -> dict:
+    """Run one (backbone, method, task, seed) cell, or return its finished record."""
+    config = R.to_container(cfg)
+    cell = R.cell_name(cfg)
+    path = R.result_path(cfg)
+    done = R.load_finished(path, config)
+    if done and not cfg.force:
+        log.info("skip: %s exists (force=true reruns it)", path)
+        done["skipped"] = True
+        return done
+    runner = cfg.runner
+    t0 = time.time()
+    if runner.num_threads:
+        torch.set_num_threads(runner.num_threads)
+    device = resolve_device(runner.device)
+    set_seed(cfg.seed)
+
+    task = build_task(cfg.task)
+    full = task.splits(cfg.data_dir)
+    n_train_full = len(full["train"])  # the batch-size rule looks at the task, not at a debug cap
+    splits = capped(full, runner)
+    if not splits["train"] or not splits["dev"] or not splits["test"]:
+        raise UserError(f"task '{cfg.task.name}' gave empty splits: { {k: len(v) for k, v in splits.items()} }")
+    model, tok = load_backbone(cfg.backbone, cache_dir=runner.cache_dir, dtype=runner.dtype)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.to(device)
+    if runner.zero_shot:
+        zs = zero_shot(cfg, model, tok, splits, device, config)
+        log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
+
+    set_seed(cfg.seed)  # method initialization depends on the seed only
+    model = build_method(model, cfg.method).to(device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if trainable == 0:
+        raise UserError(f"method '{cfg.method.name}' left no trainable parameters")
+
+    train_rows = encode_train(splits["train"], tok, cfg.task.template, runner.max_seq_len)
+    dev_rows = encode_train(splits["dev"], tok, cfg.task.template, runner.max_seq_len)
+    batch = effective_batch(runner, n_train_full)
+    micro = min(runner.micro_batch_size, batch)
+    if batch % micro:
+        raise UserError(f"runner.batch_size={batch} is not a multiple of runner.micro_batch_size={micro}")
+    steps_per_epoch = math.ceil(len(train_rows) / batch)
+    total_steps = runner.max_steps if runner.max_steps > 0 else math.ceil(steps_per_epoch * runner.max_epochs)
+    report_to = _wandb_start(cfg, config, cell)
+    best = BestStateAndEarlyStop(model, runner.patience)
+    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+            per_device_eval_batch_size=runner.eval_batch_size, learning_rate=runner.lr,
+            num_train_epochs=runner.max_epochs, max_steps=runner.max_steps,
+            lr_scheduler_type=runner.scheduler, warmup_steps=math.ceil(runner.warmup_ratio * total_steps),
+            weight_decay=runner.weight_decay, eval_strategy="steps", eval_steps=runner.eval_steps,
+            save_strategy="no", logging_steps=runner.logging_steps, report_to=report_to,
+            run_name=f"seed{cfg.seed}", seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
+            remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
+            bf16=runner.dtype == "bfloat16", fp16=runner.dtype == "float16",
+            deepspeed=runner.deepspeed, activation_checkpointing=runner.gradient_checkpointing,
+            disable_tqdm=True,
+        )
+        extra = getattr(model, "trainer_callbacks", None)
+        callbacks = [best, *(extra(dev_rows=dev_rows, collator=TrainCollator(tok.pad_token_id), runner=runner)
+                             if callable(extra) else [])]
+        trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
+                          data_collator=TrainCollator(tok.pad_token_id), callbacks=callbacks)
+        trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
+        trainer.evaluate()  # step-0 dev loss: the start of the curve
+        trainer.train()
+        if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()
+        history = list(trainer.state.log_history)
+        is_main = trainer.is_world_process_zero()
+    best.restore()
+
+    dev = {"loss": best.best_loss, "best_step": best.best_step}
+    dev_preds = None
+    if runner.dev_generation:
+        dev_preds = predict(model, tok, splits["dev"], cfg.task, runner, device)
+        dev.update(task.score(dev_preds, splits["dev"]))
+    test_preds = predict(model, tok, splits["test"], cfg.task, runner, device)
+    metrics = task.score(test_preds, splits["test"])
+    record = {
+        "schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
+        "method": cfg.method.name, "variant": cfg.variant, "cell": cell, "seed": cfg.seed, "status": "ok",
+        "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total},
+        "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
+        "curve": {"train": _log_curve(history), "dev": best.dev_curve},
+        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "steps": trainer.state.global_step, "effective_batch_size": batch,
+    }
+    R.validate_record(record)
+    wandb_dir = _wandb_finish(record) if report_to == "wandb" else None
+    if wandb_dir:
+        record["wandb_dir"] = wandb_dir
+    if is_main:
+        R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
+        R.write_json(path, record)
+    log.info("wrote %s (%s, %.0f s)", path, metrics, record["wall_time_s"])
+    return record

@@ -1,0 +1,166 @@
+"""Shared task plumbing: hub/local loading through `datasets.load_dataset`, the opt-in carving of
+train/dev/test out of a validation set, and zero-shot transfer between tasks (id-spam.txt 3.4).
+
+    from tasks.common import BenchTask, load_hub, load_local
+    rows = load_hub("aps/super_glue", "boolq")                     # {'train': [...], 'validation': [...]}
+    rows = load_local("json", {"validation": path})                  # the same rows from a local file
+
+Nothing here downloads anything unless `load_hub` is called (the hub path, `data_dir` unset).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from tasks.base import Task, TaskConfig, appendix_c_split
+
+log = logging.getLogger(__name__)
+
+PAPER = "paper"  # task.protocol when the splits follow iapt.txt Appendix C (or the task's documented rule)
+CARVED = "carved-from-validation (NOT the papers' protocol)"
+
+
+def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
+    """Rows of a hub dataset, split name -> list of dicts.
+
+    Repositories that still ship a loading script (which datasets>=4 refuses to run) are read from
+    the hub's own Parquet export (`refs/convert/parquet`, one folder per config), so every task keeps
+    a single `datasets.load_dataset` code path.
+    """
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo, config)
+    except RuntimeError as e:
+        if "scripts are no longer supported" not in str(e):
+            raise
+        ds = datasets.load_dataset(repo, revision="refs/convert/parquet", data_dir=config or "default")
+    names = splits or tuple(ds)
+    missing = [s for s in names if s not in ds]
+    if missing:
+        raise ValueError(f"hub dataset '{repo}' ({config}) has no split {missing}; it has {sorted(ds)}")
+    return {s: [dict(r) for r in ds[s]] for s in names}
+
+
+def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[dict]]:
+    """Rows of local files through a packaged `datasets` builder (csv, json, text), one split at a time
+    (so splits whose files have different columns, like MNLI's train/dev TSVs, load cleanly)."""
+    import datasets
+
+    out = {}
+    for split, path in files.items():
+        ds = datasets.load_dataset(builder, data_files={split: path}, **kwargs)
+        out[split] = [dict(r) for r in ds[split]]
+    return out
+
+
+def label_name(value, names: list[str]) -> str:
+    """A label as its text: an integer (or '0'/'1' string, or bool) indexes `names`; text passes through."""
+    if isinstance(value, bool):
+        return names[int(value)]
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        i = int(value)
+        assert 0 <= i < len(names), f"label {i} out of range for {names}"
+        return names[i]
+    return str(value)
+
+
+def carve_from_validation(val: list, seed: int, dev_fraction: float = 0.2) -> tuple[list, list, list]:
+    """(train, dev, test) all taken from the original validation set, for local data without a train split.
+
+    test is exactly the half that Appendix C's small-task rule makes the test set (same seed, same
+    shuffle); the other half is divided into train (1 - dev_fraction) and dev (dev_fraction).
+    NOT the papers' protocol: the task records `protocol = CARVED` and the flag sits in the config.
+    """
+    assert 0 < dev_fraction < 1, f"carve_dev_fraction={dev_fraction} must be in (0, 1)"
+    rng = random.Random(seed)
+    order = list(range(len(val)))
+    rng.shuffle(order)
+    half = len(val) // 2
+    rest, test = order[:half], sorted(order[half:])
+    n_dev = max(1, round(len(rest) * dev_fraction)) if rest else 0
+    dev, train = sorted(rest[:n_dev]), sorted(rest[n_dev:])
+    return [val[i] for i in train], [val[i] for i in dev], [val[i] for i in test]
+
+
+@dataclass
+class CarveConfig(TaskConfig):
+    """Config fields of tasks whose local copy may lack a train split (see ../shared/data/README.md)."""
+
+    carve_from_validation: bool = False  # opt-in: carve train/dev/test out of validation (NOT the papers' protocol)
+    carve_dev_fraction: float = 0.2  # share of the non-test half of validation used as dev when carving
+
+
+class BenchTask(Task):
+    """A benchmark task: Appendix C splits, or carving when `cfg.carve_from_validation` is set.
+
+    After `splits()`, `self.protocol` says which rule made them (PAPER or CARVED); a runner should store
+    it with the results so carved numbers are never mistaken for the papers' protocol.
+    """
+
+    hub_id: str = ""  # the hub dataset (for docs and scripts/prefetch.py)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.protocol = PAPER
+
+    @property
+    def carving(self) -> bool:
+        return bool(getattr(self.cfg, "carve_from_validation", False))
+
+    def raw_splits(self) -> tuple[str, ...]:
+        """Original splits `load_raw` must return: no train split when carving from validation."""
+        return ("validation",) if self.carving else ("train", "validation")
+
+    def paper_split(self, train: list, val: list) -> tuple[list, list, list]:
+        """iapt.txt Appendix C; tasks with their own rule (GSM8K, E2E, WikiSQL, ...) override this."""
+        return appendix_c_split(train, val, self.cfg.split_seed, self.small_threshold)
+
+    def splits(self, data_dir: str | None = None):
+        raw = self.load_raw(data_dir)
+        val = [self.to_example(r, i) for i, r in enumerate(raw["validation"])]
+        if self.carving:
+            self.protocol = CARVED
+            log.warning("task %s: train/dev/test carved from the validation set: %s", self.cfg.name, CARVED)
+            train, dev, test = carve_from_validation(val, self.cfg.split_seed, self.cfg.carve_dev_fraction)
+        else:
+            self.protocol = PAPER
+            train = [self.to_example(r, i) for i, r in enumerate(raw.get("train", []))]
+            train, dev, test = self.paper_split(train, val)
+        return {"train": train, "dev": dev, "test": test}
+
+
+def transfer_splits(task: Task, data_dir: str | None, own_splits) -> dict:
+    """Zero-shot transfer (id-spam.txt 3.4): train/dev of `task.cfg.source`, test of `task` itself.
+
+    `own_splits(data_dir)` gives the task's own splits; the source task is built with the same
+    template and split seed and reads its local files from `task.cfg.source_data_dir`.
+    """
+    from omegaconf import OmegaConf
+
+    from tasks.registry import TASKS
+
+    cfg = task.cfg
+    source = getattr(cfg, "source", None) or cfg.name
+    if source == cfg.name:
+        return own_splits(data_dir)
+    allowed = getattr(task, "transfer_sources", ())
+    if source not in allowed:
+        raise ValueError(f"task.source='{source}' is not a transfer source of {cfg.name}; valid: {', '.join((cfg.name, *allowed))}")
+    if data_dir is not None and getattr(cfg, "source_data_dir", None) is None:
+        raise ValueError(
+            f"task {cfg.name} with source={source} reads local files: set task.source_data_dir= to the "
+            f"folder of {source}'s files (data_dir= is {cfg.name}'s own folder)"
+        )
+    entry = TASKS.get(source)
+    src_cfg = OmegaConf.structured(entry.schema)
+    src_cfg.template, src_cfg.split_seed = cfg.template, cfg.split_seed
+    if "source" in src_cfg:
+        src_cfg.source = source  # the source trains on itself (IMDB's default source is SST-2)
+    src = entry.obj(src_cfg)
+    src_splits = src.splits(getattr(cfg, "source_data_dir", None) if data_dir is not None else None)
+    own = own_splits(data_dir)
+    task.protocol = f"zero-shot transfer: trained on {source}, tested on {cfg.name}"
+    return {"train": src_splits["train"], "dev": src_splits["dev"], "test": own["test"]}

@@ -1,0 +1,115 @@
+"""The runner end to end on the tiny backbone: record schema, skip, determinism, CLI sweeps, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from runners import results as R
+from tests.conftest import ROOT, compose, shared_data
+
+FAST = ("task=synth-compare", "runner.max_train_examples=16", "runner.max_steps=4", "runner.eval_steps=2")
+
+
+def run_cfg(*overrides):
+    from runners.train import run
+
+    return run(compose(*FAST, *overrides))
+
+
+def test_run_writes_a_complete_record(tmp_results):
+    rec = run_cfg("seed=0")
+    path = tmp_results / "tiny" / "synth-compare" / "lora" / "seed0.json"
+    on_disk = json.loads(path.read_text())
+    R.validate_record(on_disk)
+    assert on_disk["metrics"] == rec["metrics"] and "acc" in on_disk["metrics"]
+    assert on_disk["params"]["trainable"] > 0 and on_disk["params"]["total"] > on_disk["params"]["trainable"]
+    assert on_disk["config"]["method"]["name"] == "lora" and on_disk["config"]["seed"] == 0
+    assert on_disk["provenance"]["packages"]["torch"] and "git_dirty" in on_disk["provenance"]
+    assert [p["step"] for p in on_disk["curve"]["dev"]][:1] == [0], "the dev curve starts at step 0"
+    assert on_disk["curve"]["train"], "train losses are recorded"
+    assert on_disk["split_sizes"] == {"train": 16, "dev": 8, "test": 8}
+    preds = [json.loads(line) for line in (path.parent / "seed0.predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 8 and set(preds[0]) == {"id", "prompt", "prediction", "reference"}
+
+
+def test_finished_run_is_skipped_without_training(tmp_results, monkeypatch):
+    run_cfg("seed=1")
+    import runners.train
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(runners.train, "Trainer", no_training)
+    assert run_cfg("seed=1")["skipped"]
+    with pytest.raises(AssertionError, match="must not train"):
+        run_cfg("seed=1", "force=true")
+
+
+def test_changed_config_without_variant_is_an_error(tmp_results):
+    from runners.errors import UserError
+
+    run_cfg("seed=2")
+    with pytest.raises(UserError, match="different config"):
+        run_cfg("seed=2", "method.r=2")
+    assert run_cfg("seed=2", "method.r=2", "variant=lora-r2")["cell"] == "lora-r2"
+
+
+def test_same_seed_same_metrics(tmp_results):
+    a = run_cfg("seed=5", "force=true")
+    b = run_cfg("seed=5", "force=true")
+    assert a["curve"]["dev"] == b["curve"]["dev"] and a["metrics"] == b["metrics"]
+    c = run_cfg("seed=6")
+    assert c["curve"]["train"] != a["curve"]["train"], "another seed should change data order/initialization"
+
+
+def cli(*args, env_extra=None, timeout=600):
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_cli_seed_range_then_aggregate_then_skip(tmp_path):
+    env = {"HARNESS_RESULTS": str(tmp_path / "runs")}
+    args = ("backbone=tiny", "runner=debug", "logger=none", *FAST, "seed=0..1")
+    first = cli(*args, env_extra=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    files = sorted(os.listdir(tmp_path / "runs" / "tiny" / "synth-compare" / "lora"))
+    assert files == ["seed0.json", "seed0.predictions.jsonl", "seed1.json", "seed1.predictions.jsonl"]
+    assert "| tiny | synth-compare | lora | acc |" in first.stdout and "| 2 |" in first.stdout
+    again = cli(*args, env_extra=env)
+    assert again.returncode == 0 and again.stdout.count("skipped (exists)") == 2
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [("method=lorx", "unknown method 'lorx'; valid: "), ("task=rtee", "Did you mean 'rte'?"),
+     ("method.rr=1", "method.rr"), ("seed=4..1", "empty range")],
+)
+def test_bad_input_is_one_line_and_nonzero(arg, message, tmp_path):
+    res = cli("backbone=tiny", "runner=debug", "logger=none", arg, env_extra={"HARNESS_RESULTS": str(tmp_path)},
+              timeout=120)
+    assert res.returncode != 0
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr, res.stderr[-1500:]
+
+
+def test_missing_local_file_names_it(tmp_path, tmp_results):
+    from tasks.registry import build_task
+
+    with pytest.raises(FileNotFoundError, match="train.tsv"):
+        build_task(compose("task=rte").task).splits(str(tmp_path))
+
+
+def test_rte_from_shared_data_end_to_end(tmp_results):
+    data = shared_data("glue", "RTE")
+    from tasks.registry import build_task
+
+    sizes = {k: len(v) for k, v in build_task(compose("task=rte").task).splits(data).items()}
+    assert sizes == {"train": 2490, "dev": 138, "test": 139}, "Appendix C: validation (277) halved"
+    rec = run_cfg("task=rte", f"data_dir={data}", "runner.max_steps=2", "runner.max_test_examples=4")
+    assert rec["split_sizes"]["test"] == 4 and "acc" in rec["metrics"]
