@@ -66,6 +66,7 @@ class LoggerConfig:
     name: str = "none"
     project: str = "peft-harness"
     mode: str = "disabled"  # auto | online | offline | disabled
+    dir: str = "outputs"  # W&B writes <dir>/wandb/<run>
 
 
 @dataclass

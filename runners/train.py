@@ -119,10 +119,12 @@ def _wandb_start(cfg, config: dict, cell: str) -> str:
     import wandb
 
     mode = cfg.logger.mode
+    if mode not in ("auto", "online", "offline"):
+        raise UserError(f"logger.mode='{mode}' is not one of auto, online, offline, disabled")
     if mode == "auto":
         mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     wandb.init(project=cfg.logger.project, group=f"{cfg.backbone.name}/{cfg.task.name}/{cell}",
-               name=f"seed{cfg.seed}", config=config, mode=mode, dir=os.path.abspath("outputs"),
+               name=f"seed{cfg.seed}", config=config, mode=mode, dir=os.path.abspath(cfg.logger.dir),
                reinit="finish_previous")
     return "wandb"
 

@@ -113,3 +113,10 @@ def test_rte_from_shared_data_end_to_end(tmp_results):
     assert sizes == {"train": 2490, "dev": 138, "test": 139}, "Appendix C: validation (277) halved"
     rec = run_cfg("task=rte", f"data_dir={data}", "runner.max_steps=2", "runner.max_test_examples=4")
     assert rec["split_sizes"]["test"] == 4 and "acc" in rec["metrics"]
+
+
+def test_wandb_offline_run_without_network(tmp_results, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    rec = run_cfg("seed=9", "logger=wandb", "logger.mode=auto", f"logger.dir={tmp_path}")
+    assert rec["wandb_dir"].startswith(str(tmp_path / "wandb" / "offline-run-")), rec.get("wandb_dir")
+    assert any(f.endswith(".wandb") for f in os.listdir(rec["wandb_dir"])), "the offline run holds its log"

@@ -387,6 +387,41 @@ def _prompt_generate(model, input_ids=None, attention_mask=None, **kwargs):
     return out
 
 
+class SoftPrompt(nn.Module):
+    """`n` prompt vectors of the model width `d`: free (`dim=None`; Lester et al., 2021), or `dim`-sized
+    codes mapped to width `d` by a learnable linear projection (iapt.txt Appendix F, P-tuning)."""
+
+    def __init__(self, n: int, d: int, ref: torch.Tensor, dim: int | None = None,
+                 init_from: torch.Tensor | None = None, std: float = 0.02):
+        super().__init__()
+        self.dim = dim
+        if dim is None:
+            if init_from is not None:
+                assert tuple(init_from.shape) == (n, d), f"init_from {tuple(init_from.shape)} != {(n, d)}"
+                self.weight = nn.Parameter(init_from.detach().clone().float())
+            else:
+                self.weight = new_param(ref, n, d, init="normal", std=std)
+        else:
+            self.code = new_param(ref, n, dim, init="normal", std=1.0)
+            self.proj_weight = new_param(ref, d, dim, init="kaiming")
+            self.proj_bias = new_param(ref, d)
+
+    def value(self) -> torch.Tensor:
+        if self.dim is None:
+            return self.weight
+        return nn.functional.linear(self.code, self.proj_weight, self.proj_bias)
+
+    def prompts(self, embeds: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        return self.value().unsqueeze(0).expand(embeds.shape[0], -1, -1)
+
+
+def vocab_init(model: nn.Module, n: int) -> torch.Tensor:
+    """Embeddings of `n` random vocabulary tokens (the prompt initialization of Lester et al., 2021)."""
+    weight = model.get_input_embeddings().weight
+    idx = torch.randint(0, weight.shape[0], (n,), device=weight.device)
+    return weight[idx]
+
+
 def mean_pool(embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `embeds` (B, T, d) over the positions where `mask` (B, T) is true (zero when none)."""
     m = mask.unsqueeze(-1).to(embeds.dtype)

@@ -1,0 +1,216 @@
+"""Generators: instruction hidden states -> soft prompts or scaling vectors (down, pool, act, up).
+
+The order of pooling and down-projection follows each paper:
+
+    IAPT   (iapt.txt eq. 1)    p = MLP_up(g(Pooler(MLP_down(h))))             pool_first=False
+    PARADE (parade.txt eq. 6)  l = g(Pooler(h W_down)) W_up + b_up            pool_first=False
+    PARA   (para.txt eq. 6)    l = g(Pooler(h) W_down) W_up + b_up            pool_first=True (last token)
+    ID-SPAM (id-spam.txt eq. 2) S = resize(relu(W_up relu(W_down A)))         pool_first=True, out_activation=ReLU
+
+`Generator` composes given modules (so layers can share them); `build_generator` builds one from
+plain numbers; `GeneratorBank` builds one generator per layer with IAPT's cross-layer sharing
+(section 3.6). Output: [B, n_tokens, out_dim] (n_tokens = l_sp soft tokens, or 1 for a scaling vector
+of width out_dim, e.g. d_q + d_v + d_ffn, which the injector splits).
+
+    bank = GeneratorBank(32, share_every=4, in_dim=4096, bottleneck=256, out_dim=4096, n_tokens=4,
+                         pooler="attention", activation="rational")
+    prompts = bank(layer_idx, hidden, mask)        # [B, 4, 4096]
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pefts.blocks.activations import make_activation
+from pefts.blocks.poolers import make_pooler
+
+INIT_MODES = ("default", "zero_up_ones_bias")
+
+
+def init_generator_(
+    down: nn.Linear, up: nn.Linear, mode: str = "default", std: float = 0.02, dist: str = "normal"
+) -> None:
+    """Initialise a generator's projections in place.
+
+    'default': leave nn.Linear's own init. 'zero_up_ones_bias' (PARA section 4.3, PARADE section 4.3):
+    W_down ~ `dist` with mean 0 and std `std` ('normal': PARA; 'uniform': PARADE), down bias 0,
+    W_up = 0 and b_up = 1, so a scaling-vector generator outputs exactly ones at step 0 and the
+    model equals its frozen backbone."""
+    if mode not in INIT_MODES:
+        raise ValueError(f"unknown generator init {mode!r}; valid options: {', '.join(INIT_MODES)}")
+    if mode == "default":
+        return
+    assert up.bias is not None, "init 'zero_up_ones_bias' needs the up-projection bias (up_bias=True)"
+    with torch.no_grad():
+        if dist == "normal":
+            nn.init.normal_(down.weight, std=std)
+        elif dist == "uniform":
+            bound = std * math.sqrt(3.0)
+            nn.init.uniform_(down.weight, -bound, bound)
+        else:
+            raise ValueError(f"unknown init dist {dist!r}; valid options: normal, uniform")
+        if down.bias is not None:
+            down.bias.zero_()
+        up.weight.zero_()
+        up.bias.fill_(1.0)
+
+
+class Generator(nn.Module):
+    """down -> pooler -> activation -> up (pool_first=False) or pooler -> down -> activation -> up.
+
+    down: Linear(in_dim -> bottleneck); pooler: `forward(x, mask) -> [B, n_out, *]` over width
+    bottleneck (pool_first=False) or in_dim (pool_first=True); activation: elementwise module;
+    up: Linear(bottleneck -> n_tokens * out_dim / n_out). If the pooler gives n_out == n_tokens
+    vectors, each is up-projected to one output token (IAPT); if it gives one vector and n_tokens > 1,
+    the up-projection's output is reshaped into n_tokens tokens (ID-SPAM's "resize").
+    out_activation: optional module applied last (ID-SPAM's outer ReLU in eq. 2). The modules are used
+    as given, so passing the same module to several generators shares its parameters.
+    """
+
+    def __init__(
+        self,
+        down: nn.Linear,
+        pooler: nn.Module,
+        activation: nn.Module,
+        up: nn.Linear,
+        pool_first: bool = False,
+        n_tokens: int = 1,
+        out_activation: nn.Module | None = None,
+    ):
+        super().__init__()
+        assert down.out_features == up.in_features, (
+            f"down-projection width {down.out_features} != up-projection input {up.in_features}"
+        )
+        n_out = getattr(pooler, "n_out", 1)
+        assert n_out in (1, n_tokens), f"pooler gives {n_out} vectors; need 1 or n_tokens={n_tokens}"
+        assert up.out_features * n_out % n_tokens == 0, (
+            f"up-projection width {up.out_features} x {n_out} pooled vectors does not split into {n_tokens} tokens"
+        )
+        self.down, self.pooler, self.activation, self.up = down, pooler, activation, up
+        self.out_activation = out_activation
+        self.pool_first, self.n_tokens = pool_first, n_tokens
+        self.out_dim = up.out_features * n_out // n_tokens
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: [B, T, in_dim] hidden states, mask: [B, T] (1 at instruction tokens) -> [B, n_tokens, out_dim]."""
+        if self.pool_first:
+            z = self.down(self.pooler(x, mask))
+        else:
+            z = self.pooler(self.down(x), mask)
+        y = self.up(self.activation(z))
+        if self.out_activation is not None:
+            y = self.out_activation(y)
+        return y.reshape(x.shape[0], self.n_tokens, self.out_dim)
+
+
+def _pooler_kwargs(pooler: str, kw: dict | None, n_tokens: int) -> dict:
+    kw = dict(kw or {})
+    if pooler == "attention":
+        kw.setdefault("n_queries", n_tokens)
+    return kw
+
+
+def build_generator(
+    in_dim: int,
+    bottleneck: int,
+    out_dim: int,
+    n_tokens: int = 1,
+    pooler: str = "mean",
+    pooler_kwargs: dict | None = None,
+    activation: str = "gelu",
+    activation_kwargs: dict | None = None,
+    pool_first: bool = False,
+    down_bias: bool = True,
+    up_bias: bool = True,
+    init: str = "default",
+    init_std: float = 0.02,
+    init_dist: str = "normal",
+    out_activation: str | None = None,
+) -> Generator:
+    """One `Generator` from plain numbers and names (see `make_pooler`, `make_activation`).
+
+    The pooler works at width `bottleneck` (pool_first=False) or `in_dim` (pool_first=True); the
+    'attention' pooler gets n_queries=n_tokens unless given. The up-projection maps to out_dim per
+    pooled vector, or to n_tokens * out_dim when the pooler gives a single vector."""
+    pk = _pooler_kwargs(pooler, pooler_kwargs, n_tokens)
+    pool = make_pooler(pooler, in_dim if pool_first else bottleneck, **pk)
+    down = nn.Linear(in_dim, bottleneck, bias=down_bias)
+    up_width = out_dim if pool.n_out == n_tokens else n_tokens * out_dim
+    up = nn.Linear(bottleneck, up_width, bias=up_bias)
+    init_generator_(down, up, init, init_std, init_dist)
+    return Generator(
+        down,
+        pool,
+        make_activation(activation, **(activation_kwargs or {})),
+        up,
+        pool_first=pool_first,
+        n_tokens=n_tokens,
+        out_activation=None if out_activation is None else make_activation(out_activation),
+    )
+
+
+class GeneratorBank(nn.Module):
+    """One generator per layer; every `share_every` consecutive layers share down, up and the
+    activation but each layer keeps its own pooler (IAPT section 3.6, L_s = share_every).
+
+    Layers [g * share_every, (g + 1) * share_every) form group g (the last group may be shorter);
+    share_every=1 means no sharing. Shared parts are the *same module objects*, so `parameters()`
+    (and `num_parameters()`) count them once. Other arguments as in `build_generator`.
+    `bank(layer_idx, hidden, mask)` runs layer `layer_idx`'s generator: [B, n_tokens, out_dim].
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        share_every: int,
+        in_dim: int,
+        bottleneck: int,
+        out_dim: int,
+        n_tokens: int = 1,
+        pooler: str = "attention",
+        pooler_kwargs: dict | None = None,
+        activation: str = "rational",
+        activation_kwargs: dict | None = None,
+        pool_first: bool = False,
+        down_bias: bool = True,
+        up_bias: bool = True,
+        init: str = "default",
+        init_std: float = 0.02,
+        init_dist: str = "normal",
+        out_activation: str | None = None,
+    ):
+        super().__init__()
+        assert num_layers > 0, f"num_layers must be positive, got {num_layers}"
+        assert share_every > 0, f"share_every (L_s) must be positive, got {share_every}"
+        self.num_layers, self.share_every = num_layers, share_every
+        pk = _pooler_kwargs(pooler, pooler_kwargs, n_tokens)
+        gens = []
+        for layer in range(num_layers):
+            pool = make_pooler(pooler, in_dim if pool_first else bottleneck, **pk)
+            if layer % share_every == 0:  # first layer of a new group: fresh shared parts
+                down = nn.Linear(in_dim, bottleneck, bias=down_bias)
+                up_width = out_dim if pool.n_out == n_tokens else n_tokens * out_dim
+                up = nn.Linear(bottleneck, up_width, bias=up_bias)
+                init_generator_(down, up, init, init_std, init_dist)
+                act = make_activation(activation, **(activation_kwargs or {}))
+                out_act = None if out_activation is None else make_activation(out_activation)
+            gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act))
+        self.generators = nn.ModuleList(gens)
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.num_layers // self.share_every)
+
+    def group_of(self, layer_idx: int) -> int:
+        return layer_idx // self.share_every
+
+    def forward(self, layer_idx: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        assert 0 <= layer_idx < self.num_layers, f"layer_idx {layer_idx} outside [0, {self.num_layers})"
+        return self.generators[layer_idx](x, mask)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Parameter count with shared modules counted once."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,216 @@
+"""Poolers: summarise the hidden states of the instruction tokens into a fixed number of vectors.
+
+Every pooler has the signature `forward(x: [B, T, d], mask: [B, T]) -> [B, n_out, d_out]` where
+`mask` is 1 (True) exactly at instruction tokens; padding may sit on either side (or anywhere).
+Padded positions never influence the output: their values are zeroed before any arithmetic and
+they get exactly zero weight, so left and right padding give the same result. A row with no
+instruction token at all gives zeros (never NaN). Each pooler exposes `n_out` and `out_dim`.
+
+    MeanPooler(), MaxPooler(), LastTokenPooler()                  # n_out = 1, out_dim = d
+    AttentionPooler(dim, n_queries)                               # IAPT eq. 2, n_out = n_queries
+    CapsulePooler(dim, num_capsules)                              # PARADE eqs. 7-10, n_out = 1
+    SelfAttentionMeanPooler(dim)                                  # ID-SPAM eq. 1, n_out = 1
+    make_pooler("attention", dim=256, n_queries=4)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _prepare(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes; return (x with padded positions zeroed, boolean mask [B, T])."""
+    assert x.dim() == 3, f"pooler input must be [B, T, d], got shape {tuple(x.shape)}"
+    assert mask.shape == x.shape[:2], f"mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
+    m = mask.bool()
+    return x.masked_fill(~m[..., None], 0.0), m
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax of `scores` along `dim` over positions where `mask` (broadcastable) is True.
+
+    Masked positions get weight exactly 0; a slice with no True position gets all zeros."""
+    mask = mask.expand_as(scores)
+    w = torch.softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min), dim=dim)
+    return w * mask.to(w.dtype)
+
+
+class MeanPooler(nn.Module):
+    """Average of the instruction tokens' states (IAPT's ablation IAPT-1, ID-SPAM's 'mean-pooling')."""
+
+    n_out = 1
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        count = m.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # [B, 1]
+        return (x.sum(dim=1) / count)[:, None, :]
+
+
+class MaxPooler(nn.Module):
+    """Element-wise max over the instruction tokens' states (IAPT section 3.4's 'max pooling')."""
+
+    n_out = 1
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        out = x.masked_fill(~m[..., None], torch.finfo(x.dtype).min).amax(dim=1)
+        return torch.where(m.any(dim=1, keepdim=True), out, torch.zeros_like(out))[:, None, :]
+
+
+class LastTokenPooler(nn.Module):
+    """State of the last instruction token: the last position where mask == 1, wherever the padding
+    is (PARA section 3: "the vector representation corresponding to the final token in the prompt";
+    PARADE's ablation PARADE-1)."""
+
+    n_out = 1
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        pos = torch.arange(x.shape[1], device=x.device).expand_as(m)
+        last = torch.where(m, pos, -1).amax(dim=1)  # [B], -1 for an empty row
+        out = x[torch.arange(x.shape[0], device=x.device), last.clamp(min=0)]
+        return torch.where((last >= 0)[:, None], out, torch.zeros_like(out))[:, None, :]
+
+
+class AttentionPooler(nn.Module):
+    """IAPT's self-attention pooler (iapt.txt eq. 2): U = h W_sa, A = Softmax over tokens (U), p = A^T h.
+
+    dim: m, the width of h (IAPT pools *after* the down-projection); n_queries: l_sp, one learnable
+    query column of W_sa in R^{m x l_sp} per soft token. No 1/sqrt(m) scaling (the paper has none).
+    init_std: W_sa ~ N(0, init_std) (not given in the paper). Output [B, n_queries, dim].
+    """
+
+    def __init__(self, dim: int, n_queries: int, init_std: float = 0.02):
+        super().__init__()
+        assert dim > 0 and n_queries > 0, f"dim and n_queries must be positive, got {dim}, {n_queries}"
+        self.n_out, self.out_dim = n_queries, dim
+        self.weight = nn.Parameter(torch.empty(dim, n_queries))  # W_sa
+        nn.init.normal_(self.weight, std=init_std)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        u = x @ self.weight.to(x.dtype)  # [B, T, l_sp]
+        a = masked_softmax(u, m[..., None], dim=1)  # over tokens
+        return a.transpose(1, 2) @ x  # [B, l_sp, m]
+
+
+class CapsulePooler(nn.Module):
+    """PARADE's attentional capsule pooler (parade.txt eqs. 7-10).
+
+    Input capsules h'_j (the down-projected instruction states, width `dim`); K output capsules:
+      eq. 7   m_{j->k} = h'_j W_k^cap                        (W_k^cap in R^{dim x d_cap})
+      eq. 9   logits_{j,k} = v_k^T h'_j, n_{j,k} = Softmax_j(logits)   (attention-initialised routing)
+      eq. 8   s_k = sum_j n_{j,k} m_{j->k},  c_k = squash(s_k) = |s_k|^2 / (1 + |s_k|^2) * s_k / |s_k|
+      eq. 10  logits_{j,k} += c_k^T m_{j->k}; n = Softmax_j(logits); recompute s_k, c_k
+    `routing_iters` (default 1, the paper's "one iteration step") repeats eq. 10. The agreement term
+    uses the prediction m_{j->k} (width d_cap), as in dynamic routing (Sabour et al. 2017): the paper's
+    c_k^T h'_j mixes widths d_cap and dim (see docs/deviations-blocks.md). Output: the K capsules
+    concatenated, [B, 1, K * d_cap]; d_cap defaults to dim // K (PARADE: d_cap = d / K).
+    init: W^cap and v ~ Uniform with mean 0 and std `init_std` (PARADE section 4.3 gives this for W^cap).
+    """
+
+    n_out = 1
+
+    def __init__(
+        self,
+        dim: int,
+        num_capsules: int = 4,
+        capsule_dim: int | None = None,
+        routing_iters: int = 1,
+        init_std: float = 0.02,
+        eps: float = 1e-8,
+    ):
+        super().__init__()
+        capsule_dim = dim // num_capsules if capsule_dim is None else capsule_dim
+        assert num_capsules > 0 and capsule_dim > 0, f"need num_capsules, capsule_dim > 0, got {num_capsules}, {capsule_dim}"
+        assert routing_iters >= 0, f"routing_iters must be >= 0, got {routing_iters}"
+        self.num_capsules, self.capsule_dim, self.routing_iters, self.eps = num_capsules, capsule_dim, routing_iters, eps
+        self.out_dim = num_capsules * capsule_dim
+        self.weight = nn.Parameter(torch.empty(num_capsules, dim, capsule_dim))  # W_k^cap
+        self.routing_query = nn.Parameter(torch.empty(num_capsules, dim))  # v_k
+        bound = init_std * math.sqrt(3.0)  # Uniform(-b, b) has std b / sqrt(3)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.routing_query, -bound, bound)
+
+    def squash(self, s: torch.Tensor) -> torch.Tensor:
+        """|s|^2 / (1 + |s|^2) * s / |s| along the last dim (eq. 8), safe at s = 0."""
+        sq = (s * s).sum(dim=-1, keepdim=True)
+        return s * (sq / (1.0 + sq)) / torch.sqrt(sq + self.eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        w, v = self.weight.to(x.dtype), self.routing_query.to(x.dtype)
+        pred = torch.einsum("btd,kdc->btkc", x, w)  # m_{j->k}: [B, T, K, d_cap]
+        logits = torch.einsum("btd,kd->btk", x, v)  # [B, T, K]
+        valid = m[..., None]  # [B, T, 1]
+        caps = None
+        for step in range(self.routing_iters + 1):
+            if step > 0:
+                logits = logits + torch.einsum("bkc,btkc->btk", caps, pred)
+            n = masked_softmax(logits, valid, dim=1)  # over tokens j
+            caps = self.squash(torch.einsum("btk,btkc->bkc", n, pred))  # [B, K, d_cap]
+        return caps.reshape(x.shape[0], 1, self.out_dim)
+
+
+class SelfAttentionMeanPooler(nn.Module):
+    """ID-SPAM's pooler (id-spam.txt eq. 1): A = mean_t { softmax((E W_Q)(E W_K)^T / sqrt(d_k)) (E W_V) }.
+
+    One learnable single-head self-attention layer over the instruction tokens (keys *and* queries
+    restricted to instruction tokens), then the mean of its outputs over the instruction tokens.
+    dim: width of E (ID-SPAM applies it to the input embeddings, before any down-projection);
+    attn_dim: d_k (default dim); out_dim: width of W_V's output (default dim). The paper's parameter
+    counts fit W_Q, W_K, W_V in R^{dim x dim} without biases (docs/deviations-blocks.md), hence the
+    defaults. Weights use nn.Linear's default init (the paper does not give one). Output [B, 1, out_dim].
+    """
+
+    n_out = 1
+
+    def __init__(self, dim: int, attn_dim: int | None = None, out_dim: int | None = None, bias: bool = False):
+        super().__init__()
+        attn_dim = dim if attn_dim is None else attn_dim
+        self.out_dim = dim if out_dim is None else out_dim
+        self.q = nn.Linear(dim, attn_dim, bias=bias)
+        self.k = nn.Linear(dim, attn_dim, bias=bias)
+        self.v = nn.Linear(dim, self.out_dim, bias=bias)
+        self.scale = 1.0 / math.sqrt(attn_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, m = _prepare(x, mask)
+        scores = self.q(x) @ self.k(x).transpose(1, 2) * self.scale  # [B, T(query), T(key)]
+        att = masked_softmax(scores, m[:, None, :], dim=-1)  # keys: instruction tokens only
+        out = att @ self.v(x)  # [B, T, out_dim]
+        count = m.sum(dim=1, keepdim=True).clamp(min=1).to(out.dtype)
+        return ((out * m[..., None].to(out.dtype)).sum(dim=1) / count)[:, None, :]  # mean over queries
+
+
+_POOLERS = {
+    "attention": AttentionPooler,
+    "capsule": CapsulePooler,
+    "last": LastTokenPooler,
+    "max": MaxPooler,
+    "mean": MeanPooler,
+    "self_attention": SelfAttentionMeanPooler,
+}
+
+
+def make_pooler(name: str, dim: int, **kw) -> nn.Module:
+    """A fresh pooler over inputs of width `dim`: 'mean', 'max', 'last' (no parameters), 'attention'
+    (IAPT, needs n_queries=), 'capsule' (PARADE), 'self_attention' (ID-SPAM). `kw` go to the class."""
+    if name not in _POOLERS:
+        raise ValueError(f"unknown pooler {name!r}; valid options: {', '.join(sorted(_POOLERS))}")
+    return _POOLERS[name](dim, **kw)

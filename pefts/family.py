@@ -1,0 +1,242 @@
+"""The input-aware PEFT family as one HF-like model: pooler -> generator -> injector on a frozen backbone.
+
+`build_family` takes plain arguments (presets such as iapt / parade / idspam call it) and returns a
+`FamilyModel`: `forward(input_ids, attention_mask, labels)` -> `.loss`, `.logits` aligned with the caller's
+`input_ids` ([B, T, V], soft positions removed), `generate(...)` -> prompt ids + new tokens like HF, only
+the generator's parameters trainable, usable by HF `Trainer`. Several tenants (same method, own weights)
+can share one batch:
+
+    fam = build_family(model, injector="soft_prompt", layers="all", n_tokens=4, position="prepend",
+                       generator_factory=lambda in_features, out_features, n_tokens, layers: MyGen(...))
+    out = fam(input_ids=ids, attention_mask=mask, labels=labels); out.loss.backward()
+    fam.add_tenant("b", "runs/b/peft.safetensors")
+    seqs = fam.generate(input_ids=ids, attention_mask=mask, tenant_ids=["default", "b"], max_new_tokens=8)
+
+Generator factory contract: `factory(in_features=d, out_features=o, n_tokens=n, layers=(...)) -> nn.Module`
+whose call is `gen(layer_idx, hidden[B, T, d], instruction_mask[B, T]) -> [B, n, o]`; for soft prompts
+o = d and n = n_tokens, for scaling vectors n = 1 and o = sum of `scaling_dims(model, targets)`.
+Machinery: pefts/blocks/injectors.py; interpretations: docs/deviations-injectors.md.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from pefts.blocks.injectors import (
+    ScalingInjector,
+    SoftPromptInjector,
+    arch_of,
+    insert_soft_positions,
+    instruction_mask,
+    layer_list,
+    left_align,
+    plain_positions,
+    scaling_dims,
+)
+
+INJECTORS = ("soft_prompt", "scaling")
+
+
+class FamilyModel(nn.Module):
+    """A frozen causal LM with generated soft prompts or scaling vectors. See the module docstring."""
+
+    main_input_name = "input_ids"
+    accepts_loss_kwargs = True  # forward honours Trainer's num_items_in_batch
+    supports_gradient_checkpointing = True
+
+    def __init__(self, backbone: nn.Module, generator: nn.Module, *, injector: str, layers: Sequence[int],
+                 n_tokens: int = 4, position: str = "prepend", targets: Sequence[str] = ("q", "v", "up"),
+                 read_layer: int | None = None):
+        super().__init__()
+        assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
+        assert arch_of(backbone).causal, "FamilyModel wraps causal LMs; encoders need a classification wrapper"
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.generators = nn.ModuleDict({"default": generator})
+        self.kind, self.n_tokens, self.position = injector, int(n_tokens), position
+        self.layers = sorted(int(i) for i in layers)
+        gen = self._default_generator
+        if injector == "soft_prompt":
+            assert position in ("prepend", "append"), f"position must be 'prepend' or 'append', got '{position}'"
+            self.injector = SoftPromptInjector(backbone, self.layers, self.n_tokens, gen, read_layer)
+        else:
+            self.injector = ScalingInjector(backbone, self.layers, targets, gen, read_layer)
+
+    # -- HF-like attributes -----------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def generation_config(self):
+        return self.backbone.generation_config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    def _default_generator(self, layer, hidden, instr):
+        return self.generators["default"](layer, hidden, instr)
+
+    # -- tenants ----------------------------------------------------------------------------------------
+    def add_tenant(self, name: str, state) -> None:
+        """Register another tenant's generator (same method and sizes, frozen). `state`: a path written
+        by `pefts.io.save_peft`, a dict from `peft_state_dict(model)` (keys `generators.<tenant>.*`), or a
+        plain generator `state_dict()`."""
+        assert name.isidentifier() and name not in self.generators, f"tenant name '{name}' invalid or taken"
+        if isinstance(state, str):
+            from safetensors.torch import load_file
+
+            state = load_file(state)
+        prefixes = {k.split(".")[1] for k in state if k.startswith("generators.")}
+        assert len(prefixes) <= 1, f"state holds several tenants {sorted(prefixes)}; pass one"
+        if prefixes:
+            cut = len(f"generators.{prefixes.pop()}.")
+            state = {k[cut:]: v for k, v in state.items()}
+        gen = copy.deepcopy(self.generators["default"])
+        missing, unexpected = gen.load_state_dict(state, strict=False)
+        frozen = {n for n, p in gen.named_parameters() if not p.requires_grad} | {n for n, _ in gen.named_buffers()}
+        assert not unexpected and set(missing) <= frozen, (
+            f"tenant '{name}': unexpected keys {unexpected[:5]}, missing trainable keys {sorted(set(missing) - frozen)[:5]}")
+        for p in gen.parameters():
+            p.requires_grad_(False)
+        self.generators[name] = gen
+
+    def _tenants(self, tenant_ids, batch: int):
+        if tenant_ids is None:
+            return None, None
+        names = list(self.generators)
+        assert len(tenant_ids) == batch, f"{len(tenant_ids)} tenant_ids for {batch} rows"
+        unknown = sorted({t for t in tenant_ids if t not in names})
+        assert not unknown, f"unknown tenants {unknown}; registered: {names}"
+        idx = torch.tensor([names.index(t) for t in tenant_ids], device=self.device)
+        return idx, [self.generators[n] for n in names]
+
+    # -- forward / generate -------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, tenant_ids: Sequence[str] | None = None,
+                num_items_in_batch=None, **kwargs):
+        """Like a HF causal LM: logits [B, T, V] aligned with `input_ids` (logits[:, t] predict token
+        t+1); loss from `labels` (-100 = ignored). Instruction tokens: attended tokens before the first
+        supervised label, or all attended tokens when `labels` is None. Any padding side works."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        assert kwargs.get("past_key_values") is None, "incremental decoding goes through generate()"
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        instr = instruction_mask(attention_mask, labels)
+        tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
+        lay = None
+        if self.kind == "soft_prompt":
+            lay = self._insert(input_ids, attention_mask, labels, instr)
+            ids, mask, pos, instr_x, start = lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start
+        else:
+            ids, mask, pos, instr_x, start = input_ids, attention_mask, plain_positions(attention_mask), instr, None
+        kwargs.setdefault("use_cache", False)
+        with self.injector.active(instr_x, start, tenant, tenant_gens):
+            out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
+        logits = out.logits
+        if lay is not None:
+            logits = logits.gather(1, lay.src[..., None].expand(-1, -1, logits.shape[-1]))
+        loss = None
+        if labels is not None:
+            loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
+                                               num_items_in_batch=num_items_in_batch)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                      attentions=out.attentions)
+
+    def _insert(self, input_ids, attention_mask, labels, instr):
+        fill = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        return insert_soft_positions(input_ids, attention_mask, labels, instr, self.n_tokens, self.position,
+                                     fill_id=fill, occupy_positions=self.injector.arch.rotary)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 tenant_ids: Sequence[str] | None = None, **kwargs):
+        """HF `generate` on the backbone; returns prompt ids + new tokens (as HF does for input_ids
+        inputs), so `out[:, input_ids.shape[1]:]` are the new tokens. Prompts may be padded on either
+        side (re-aligned left internally); soft prompts / vectors are generated once at prefill and reused
+        from the KV cache / per-row state in decode steps. `max_length` / `min_length` count the caller's
+        tokens (the inserted soft positions are added to them)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        B = input_ids.shape[0]
+        ids, mask = left_align(input_ids, attention_mask)
+        instr = instruction_mask(mask)
+        tenant, tenant_gens = self._tenants(tenant_ids, B)
+        if self.kind == "soft_prompt":
+            lay = self._insert(ids, mask, None, instr)
+            ids, mask, pos, instr, start = lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start
+            gc = kwargs.get("generation_config") or self.generation_config
+            if kwargs.get("max_new_tokens") is None and gc.max_new_tokens is None:
+                kwargs["max_length"] = (kwargs.get("max_length") or gc.max_length) + self.n_tokens
+            if kwargs.get("min_length"):
+                kwargs["min_length"] += self.n_tokens
+        else:
+            pos, start = plain_positions(mask), None
+        with self.injector.active(instr, start, tenant, tenant_gens):
+            out = self.backbone.generate(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
+        seqs = out if isinstance(out, torch.Tensor) else out.sequences
+        new = seqs[:, ids.shape[1]:]
+        full = torch.cat([input_ids.repeat_interleave(seqs.shape[0] // B, 0), new], 1)
+        if isinstance(out, torch.Tensor):
+            return full
+        out.sequences = full
+        return out
+
+    # -- Trainer hooks ------------------------------------------------------------------------------------
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False):
+        """Checkpoint the backbone's layers. Non-reentrant (the default) is required for scaling
+        vectors, whose multipliers reach the recomputed layer through keyword arguments."""
+        kw = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
+        if kw.get("use_reentrant", False):
+            assert self.kind == "soft_prompt", "scaling vectors need use_reentrant=False checkpointing"
+            self.backbone.enable_input_require_grads()
+        self.backbone.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kw, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kw):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kw)
+
+    def gradient_checkpointing_disable(self):
+        self.backbone.gradient_checkpointing_disable()
+
+
+def resolve_layers(layers, num_layers: int) -> list[int]:
+    """"all" -> every layer; an int or a list of ints (negative counts from the end)."""
+    if layers == "all":
+        return list(range(num_layers))
+    items = [layers] if isinstance(layers, int) else list(layers)
+    out = sorted({i % num_layers if -num_layers <= i < 0 else i for i in map(int, items)})
+    assert out and all(0 <= i < num_layers for i in out), f"layers {items} not in [0, {num_layers})"
+    return out
+
+
+def build_family(model: nn.Module, *, injector: str, layers, generator_factory: Callable[..., nn.Module],
+                 n_tokens: int = 4, position: str = "prepend", targets: Sequence[str] = ("q", "v", "up"),
+                 read_layer: int | None = None) -> FamilyModel:
+    """Freeze `model`, build the generator with `generator_factory(in_features, out_features, n_tokens,
+    layers)` and wrap both. injector: "soft_prompt" (n_tokens soft tokens, `position` "prepend" before
+    the instruction or "append" right after it) or "scaling" (vectors for `targets` among q, k, v, gate,
+    up). layers: "all", an int or a list of layer indices; read_layer: take the generator's input from
+    this layer's input (0 = embeddings, ID-SPAM) instead of the injection layer's."""
+    assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
+    idx = resolve_layers(layers, len(layer_list(model)))
+    d = model.config.hidden_size
+    if injector == "soft_prompt":
+        out_features, n = d, int(n_tokens)
+    else:
+        out_features, n = sum(scaling_dims(model, targets).values()), 1
+    gen = generator_factory(in_features=d, out_features=out_features, n_tokens=n, layers=tuple(idx))
+    return FamilyModel(model, gen, injector=injector, layers=idx, n_tokens=n, position=position,
+                       targets=targets, read_layer=read_layer)
