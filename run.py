@@ -18,6 +18,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 

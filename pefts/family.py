@@ -27,9 +27,11 @@ import torch
 from torch import nn
 
 from pefts.blocks.injectors import (
+    POSITIONS,
     ScalingInjector,
     SoftPromptInjector,
     arch_of,
+    call_generator,
     insert_soft_positions,
     instruction_mask,
     layer_list,
@@ -53,7 +55,7 @@ class FamilyModel(nn.Module):
                  read_layer: int | None = None):
         super().__init__()
         assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
-        assert arch_of(backbone).causal, "FamilyModel wraps causal LMs; encoders need a classification wrapper"
+        self.causal = arch_of(backbone).causal
         self.backbone = backbone
         for p in backbone.parameters():
             p.requires_grad_(False)
@@ -62,7 +64,7 @@ class FamilyModel(nn.Module):
         self.layers = sorted(int(i) for i in layers)
         gen = self._default_generator
         if injector == "soft_prompt":
-            assert position in ("prepend", "append"), f"position must be 'prepend' or 'append', got '{position}'"
+            assert position in POSITIONS, f"position must be one of {POSITIONS}, got '{position}'"
             self.injector = SoftPromptInjector(backbone, self.layers, self.n_tokens, gen, read_layer)
         else:
             self.injector = ScalingInjector(backbone, self.layers, targets, gen, read_layer)
@@ -85,7 +87,7 @@ class FamilyModel(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     def _default_generator(self, layer, hidden, instr):
-        return self.generators["default"](layer, hidden, instr)
+        return call_generator(self.generators["default"], layer, hidden, instr)
 
     # -- tenants ----------------------------------------------------------------------------------------
     def add_tenant(self, name: str, state) -> None:
@@ -133,6 +135,8 @@ class FamilyModel(nn.Module):
         assert kwargs.get("past_key_values") is None, "incremental decoding goes through generate()"
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if not self.causal:
+            return self._encoder_forward(input_ids, attention_mask, labels, tenant_ids, **kwargs)
         instr = instruction_mask(attention_mask, labels)
         tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
         lay = None
@@ -154,8 +158,26 @@ class FamilyModel(nn.Module):
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                       attentions=out.attentions)
 
+    def _encoder_forward(self, input_ids, attention_mask, labels, tenant_ids, **kwargs):
+        """Encoders (RoBERTa + a classification head, the ID-SPAM setting): every attended token is
+        instruction; `labels` are the head's (class) labels and go to the backbone unchanged; the output
+        is the backbone's (per-example logits). Placeholders carry the pad id, so RoBERTa's position ids
+        skip them: real tokens keep their positions."""
+        instr = instruction_mask(attention_mask)
+        tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
+        ids, mask, instr_x, start = input_ids, attention_mask, instr, None
+        if self.kind == "soft_prompt":
+            lay = self._insert(input_ids, attention_mask, None, instr)
+            ids, mask, instr_x, start = lay.input_ids, lay.attention_mask, lay.instr, lay.start
+        with self.injector.active(instr_x, start, tenant, tenant_gens):
+            return self.backbone(input_ids=ids, attention_mask=mask, labels=labels, **kwargs)
+
     def _insert(self, input_ids, attention_mask, labels, instr):
-        fill = self.config.pad_token_id if self.config.pad_token_id is not None else 0
+        """Soft positions inserted; placeholder id: the pad id for encoders (skipped by their position
+        ids), any non-pad id for decoders (the content is never seen: masked, then replaced)."""
+        c = self.config
+        fill = c.pad_token_id if not self.causal else next(
+            i for i in (c.bos_token_id, c.eos_token_id, 0, 1) if i is not None and i != c.pad_token_id)
         return insert_soft_positions(input_ids, attention_mask, labels, instr, self.n_tokens, self.position,
                                      fill_id=fill, occupy_positions=self.injector.arch.rotary)
 
@@ -167,6 +189,7 @@ class FamilyModel(nn.Module):
         side (re-aligned left internally); soft prompts / vectors are generated once at prefill and reused
         from the KV cache / per-row state in decode steps. `max_length` / `min_length` count the caller's
         tokens (the inserted soft positions are added to them)."""
+        assert self.causal, "generate() needs a causal LM backbone"
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         B = input_ids.shape[0]
@@ -223,15 +246,18 @@ def resolve_layers(layers, num_layers: int) -> list[int]:
 
 
 def build_family(model: nn.Module, *, injector: str, layers, generator_factory: Callable[..., nn.Module],
-                 n_tokens: int = 4, position: str = "prepend", targets: Sequence[str] = ("q", "v", "up"),
+                 n_tokens: int = 4, position: str | None = None, targets: Sequence[str] = ("q", "v", "up"),
                  read_layer: int | None = None) -> FamilyModel:
     """Freeze `model`, build the generator with `generator_factory(in_features, out_features, n_tokens,
     layers)` and wrap both. injector: "soft_prompt" (n_tokens soft tokens, `position` "prepend" before
-    the instruction or "append" right after it) or "scaling" (vectors for `targets` among q, k, v, gate,
-    up). layers: "all", an int or a list of layer indices; read_layer: take the generator's input from
+    the instruction, "append" right after it, "after_first" behind the first token; default "prepend"
+    for decoders, "after_first" for encoders, whose head reads <s>) or "scaling" (vectors for `targets`
+    among q, k, v, gate, up). layers: "all", an int or a list of layer indices; read_layer: take the generator's input from
     this layer's input (0 = embeddings, ID-SPAM) instead of the injection layer's."""
     assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
     idx = resolve_layers(layers, len(layer_list(model)))
+    if position is None:
+        position = "prepend" if arch_of(model).causal else "after_first"
     d = model.config.hidden_size
     if injector == "soft_prompt":
         out_features, n = d, int(n_tokens)

@@ -22,6 +22,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from pefts.registry import build_method
 from runners import results as R
 from runners.backbones import load_backbone
+from runners.bilevel import BilevelCallback, make_optimizer
 from runners.data import TrainCollator, encode_train, prompt_batches
 from runners.errors import UserError
 from tasks.registry import build_task
@@ -228,11 +229,19 @@ def run(cfg) -> dict:
             deepspeed=runner.deepspeed, activation_checkpointing=runner.gradient_checkpointing,
             disable_tqdm=True,
         )
-        extra = getattr(model, "trainer_callbacks", None)
-        callbacks = [best, *(extra(dev_rows=dev_rows, collator=TrainCollator(tok.pad_token_id), runner=runner)
-                             if callable(extra) else [])]
+        collator = TrainCollator(tok.pad_token_id)
+        callbacks = [best]
+        extra = getattr(model, "trainer_callbacks", None)  # method-specific (e.g. AdaLoRA's rank allocation)
+        if callable(extra):
+            callbacks += extra(dev_rows=dev_rows, collator=collator, runner=runner, total_steps=total_steps)
+        arch = []
+        if cfg.method.get("bilevel", False) and callable(getattr(model, "architecture_parameters", None)):
+            arch = [p for p in model.architecture_parameters() if p.requires_grad]
+            callbacks.append(BilevelCallback(model, arch, dev_rows, collator, lr=cfg.method.arch_lr,
+                                             batch_size=micro, seed=cfg.seed, device=device))
+        optimizer = make_optimizer(model, runner, exclude=arch)
         trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
-                          data_collator=TrainCollator(tok.pad_token_id), callbacks=callbacks)
+                          data_collator=collator, callbacks=callbacks, optimizers=(optimizer, None))
         trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
         trainer.evaluate()  # step-0 dev loss: the start of the curve
         trainer.train()

@@ -30,7 +30,9 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def gelu_slope(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0))) + x * torch.exp(-0.5 * x * x) / math.sqrt(
+        2.0 * math.pi
+    )
 
 
 def _powers(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -64,7 +66,10 @@ def fit(
         A_val = torch.cat([Ve[:, : m + 1], -(fe * se)[:, None] * Ve[:, 1 : n + 1]], dim=1)
         # d/dx of the residual at the edges: P' - f' s Q - f s Q' = f'  (scaled by `bound` to value units)
         A_slope = torch.cat(
-            [dVe[:, : m + 1], -(dfe * se)[:, None] * Ve[:, 1 : n + 1] - (fe * se)[:, None] * dVe[:, 1 : n + 1]],
+            [
+                dVe[:, : m + 1],
+                -(dfe * se)[:, None] * Ve[:, 1 : n + 1] - (fe * se)[:, None] * dVe[:, 1 : n + 1],
+            ],
             dim=1,
         )
         sw = w.sqrt()
@@ -126,7 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     a, b, _ = fit(args.num_degree, args.den_degree, args.range, args.points, args.iters)
     a, b = _round(a), _round(b)  # the stored values; the report below is for these rounded values
-    result = {"order": [args.num_degree, args.den_degree], "range": args.range, "numerator": a, "denominator": b}
+    result = {
+        "order": [args.num_degree, args.den_degree],
+        "range": args.range,
+        "numerator": a,
+        "denominator": b,
+    }
     result.update(report(a, b, args.range))
     print(json.dumps(result, indent=2))
     print("\n# paste into pefts/blocks/activations.py")

@@ -33,10 +33,16 @@ def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | Non
 
     try:
         ds = datasets.load_dataset(repo, config)
-    except RuntimeError as e:
-        if "scripts are no longer supported" not in str(e):
+    except Exception as e:
+        script = isinstance(e, RuntimeError) and "scripts are no longer supported" in str(e)
+        if not script and not datasets.config.HF_HUB_OFFLINE:
             raise
-        ds = datasets.load_dataset(repo, revision="refs/convert/parquet", data_dir=config or "default")
+        try:  # the Parquet export (also what an offline run finds cached for such a repository)
+            ds = datasets.load_dataset(repo, revision="refs/convert/parquet", data_dir=config or "default")
+        except Exception:
+            if script:
+                raise
+            raise e from None
     names = splits or tuple(ds)
     missing = [s for s in names if s not in ds]
     if missing:
@@ -118,6 +124,11 @@ class BenchTask(Task):
         """iapt.txt Appendix C; tasks with their own rule (GSM8K, E2E, WikiSQL, ...) override this."""
         return appendix_c_split(train, val, self.cfg.split_seed, self.small_threshold)
 
+    def train_dev(self, data_dir: str | None = None) -> dict:
+        """Just the train and dev splits (what a transfer target takes from its source task)."""
+        out = self.splits(data_dir)
+        return {"train": out["train"], "dev": out["dev"]}
+
     def splits(self, data_dir: str | None = None):
         raw = self.load_raw(data_dir)
         val = [self.to_example(r, i) for i, r in enumerate(raw["validation"])]
@@ -160,7 +171,8 @@ def transfer_splits(task: Task, data_dir: str | None, own_splits) -> dict:
     if "source" in src_cfg:
         src_cfg.source = source  # the source trains on itself (IMDB's default source is SST-2)
     src = entry.obj(src_cfg)
-    src_splits = src.splits(getattr(cfg, "source_data_dir", None) if data_dir is not None else None)
+    src_dir = getattr(cfg, "source_data_dir", None) if data_dir is not None else None
+    src_splits = src.train_dev(src_dir) if hasattr(src, "train_dev") else src.splits(src_dir)
     own = own_splits(data_dir)
     task.protocol = f"zero-shot transfer: trained on {source}, tested on {cfg.name}"
     return {"train": src_splits["train"], "dev": src_splits["dev"], "test": own["test"]}

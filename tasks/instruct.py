@@ -204,10 +204,13 @@ class Alpaca(MtBenchScoring, BenchTask):
         query = row["instruction"] + (f"\n{row['input']}" if (row.get("input") or "").strip() else "")
         return Example(id=f"alpaca-{idx}", query=query, response=row["output"])
 
-    def splits(self, data_dir=None):
+    def train_dev(self, data_dir=None):
         rows = [self.to_example(r, i) for i, r in enumerate(self.load_raw(data_dir)["train"])]
         train, dev = held_out(rows, self.cfg.dev_size, self.cfg.split_seed)
-        return {"train": train, "dev": dev, "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        return {"train": train, "dev": dev}
+
+    def splits(self, data_dir=None):
+        return {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
 
 
 # --- UltraChat -----------------------------------------------------------------------------------
@@ -235,12 +238,15 @@ class Ultrachat(MtBenchScoring, BenchTask):
             user, answer = row["data"][0], (row["data"][1] if len(row["data"]) > 1 else "")
         return Example(id=str(row.get("prompt_id") or row.get("id") or idx), query=user, response=answer)
 
-    def splits(self, data_dir=None):
+    def train_dev(self, data_dir=None):
         rows = [self.to_example(r, i) for i, r in enumerate(self.load_raw(data_dir)["train"])]
         rows = [e for e in rows if e.response.strip()]
         assert 0 <= self.cfg.dev_fraction < 1, f"task.dev_fraction={self.cfg.dev_fraction} must be in [0, 1)"
         train, dev = held_out(rows, round(len(rows) * self.cfg.dev_fraction), self.cfg.split_seed)
-        return {"train": train, "dev": dev, "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        return {"train": train, "dev": dev}
+
+    def splits(self, data_dir=None):
+        return {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
 
 
 # --- MMLU ----------------------------------------------------------------------------------------

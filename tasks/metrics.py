@@ -40,12 +40,14 @@ def accuracy(predictions: list[str], references: list[list[str]]) -> dict[str, f
 
 
 def macro_f1(predictions: list[str], golds: list[str], labels: list[str]) -> float:
-    """Macro-averaged F1 over `labels` (percent); a prediction that is no label counts as a miss."""
+    """Macro-averaged F1 (percent) over the `labels` that occur in the golds or the predictions (as
+    scikit-learn's default); a prediction that is no label is a miss for its gold class."""
     assert len(predictions) == len(golds), f"{len(predictions)} predictions vs {len(golds)} golds"
     pred = [normalize_label(p) for p in predictions]
     gold = [normalize_label(g) for g in golds]
+    seen = set(pred) | set(gold)
     f1s = []
-    for lab in (normalize_label(x) for x in labels):
+    for lab in (x for x in dict.fromkeys(normalize_label(x) for x in labels) if x in seen):
         tp = sum(p == lab and g == lab for p, g in zip(pred, gold))
         fp = sum(p == lab and g != lab for p, g in zip(pred, gold))
         fn = sum(p != lab and g == lab for p, g in zip(pred, gold))

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from runners import results as R
-from runners.aggregate import load_records, main as aggregate_main, summarize
+from runners.aggregate import load_records, summarize
+from runners.aggregate import main as aggregate_main
 from runners.errors import UserError
 from tests.conftest import compose
 

@@ -296,9 +296,8 @@ class PromptInserter(nn.Module):
         if ids is None:
             raise ValueError("soft-prompt methods need input_ids; inputs_embeds are not supported")
         mask = kwargs.get("attention_mask")
-        if mask is None:
+        if mask is None:  # (generate drops an all-ones mask; it must stay None with a filled cache)
             mask = torch.ones_like(ids)
-            kwargs["attention_mask"] = mask
         ph = ids >= self.base
         past = kwargs.get("past_key_values")
         fresh = past is None or past.get_seq_length() == 0
@@ -537,4 +536,19 @@ def install_prefix_attention(model: nn.Module, prefix: PrefixKV) -> nn.Module:
         found += attn.layer_idx in prefix.index
     assert found == len(prefix.layers), f"prefix layers {prefix.layers} not all among the model's attention layers"
     config._attn_implementation = name
+    model.register_forward_pre_hook(_positions_from_mask, with_kwargs=True)
     return model
+
+
+def _positions_from_mask(module, args, kwargs):
+    """Without a cache, count positions from each row's first attended token (as `generate` does).
+
+    Prefix keys carry no rotary position, so a query's score against them depends on its absolute
+    position: a left-padded row must get the positions it has when run alone."""
+    mask = kwargs.get("attention_mask")
+    past = kwargs.get("past_key_values")
+    if kwargs.get("position_ids") is None and mask is not None and mask.dim() == 2 and (
+            past is None or past.get_seq_length() == 0):
+        kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0)
+        return args, kwargs
+    return None

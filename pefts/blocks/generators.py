@@ -15,16 +15,18 @@ of width out_dim, e.g. d_q + d_v + d_ffn, which the injector splits).
     bank = GeneratorBank(32, share_every=4, in_dim=4096, bottleneck=256, out_dim=4096, n_tokens=4,
                          pooler="attention", activation="rational")
     prompts = bank(layer_idx, hidden, mask)        # [B, 4, 4096]
+    build_family(model, ..., generator_factory=bank_factory(share_every=4, bottleneck=256, ...))
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from pefts.blocks.activations import make_activation
+from pefts.blocks.activations import Rational, make_activation
 from pefts.blocks.poolers import make_pooler
 
 INIT_MODES = ("default", "zero_up_ones_bias")
@@ -156,10 +158,13 @@ class GeneratorBank(nn.Module):
     """One generator per layer; every `share_every` consecutive layers share down, up and the
     activation but each layer keeps its own pooler (IAPT section 3.6, L_s = share_every).
 
-    Layers [g * share_every, (g + 1) * share_every) form group g (the last group may be shorter);
+    Generators [g * share_every, (g + 1) * share_every) form group g (the last group may be shorter);
     share_every=1 means no sharing. Shared parts are the *same module objects*, so `parameters()`
     (and `num_parameters()`) count them once. Other arguments as in `build_generator`.
-    `bank(layer_idx, hidden, mask)` runs layer `layer_idx`'s generator: [B, n_tokens, out_dim].
+    layer_ids: the model layer index each generator serves (default 0..num_layers-1), so the bank can
+    serve a subset of layers, e.g. (12,) or (8, 9, ..., 31); groups follow this order.
+    `bank(layer_idx, hidden, mask)` runs layer `layer_idx`'s generator: [B, n_tokens, out_dim]; this is
+    the generator call of pefts/family.py (see `bank_factory`).
     """
 
     def __init__(
@@ -181,11 +186,17 @@ class GeneratorBank(nn.Module):
         init_std: float = 0.02,
         init_dist: str = "normal",
         out_activation: str | None = None,
+        layer_ids: Sequence[int] | None = None,
     ):
         super().__init__()
         assert num_layers > 0, f"num_layers must be positive, got {num_layers}"
         assert share_every > 0, f"share_every (L_s) must be positive, got {share_every}"
         self.num_layers, self.share_every = num_layers, share_every
+        self.layer_ids = tuple(range(num_layers)) if layer_ids is None else tuple(int(i) for i in layer_ids)
+        assert len(self.layer_ids) == num_layers and len(set(self.layer_ids)) == num_layers, (
+            f"layer_ids must be {num_layers} distinct indices, got {self.layer_ids}"
+        )
+        self._position = {lid: pos for pos, lid in enumerate(self.layer_ids)}
         pk = _pooler_kwargs(pooler, pooler_kwargs, n_tokens)
         gens = []
         for layer in range(num_layers):
@@ -204,13 +215,52 @@ class GeneratorBank(nn.Module):
     def num_groups(self) -> int:
         return -(-self.num_layers // self.share_every)
 
+    def _pos(self, layer_idx: int) -> int:
+        assert layer_idx in self._position, (
+            f"layer_idx {layer_idx} is not served by this bank ({self.layer_ids})"
+        )
+        return self._position[layer_idx]
+
     def group_of(self, layer_idx: int) -> int:
-        return layer_idx // self.share_every
+        return self._pos(layer_idx) // self.share_every
+
+    def generator(self, layer_idx: int) -> Generator:
+        return self.generators[self._pos(layer_idx)]
 
     def forward(self, layer_idx: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        assert 0 <= layer_idx < self.num_layers, f"layer_idx {layer_idx} outside [0, {self.num_layers})"
-        return self.generators[layer_idx](x, mask)
+        return self.generators[self._pos(layer_idx)](x, mask)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count with shared modules counted once."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        """The learnable activations' coefficients (IAPT's Θ for bi-level optimisation, Appendix B),
+        each shared tensor once; empty unless activation='rational'."""
+        seen, out = set(), []
+        for mod in self.modules():
+            if isinstance(mod, Rational):
+                for p in mod.parameters():
+                    if id(p) not in seen:
+                        seen.add(id(p))
+                        out.append(p)
+        return out
+
+
+def bank_factory(**bank_kwargs) -> Callable[..., GeneratorBank]:
+    """A `generator_factory` for `pefts.family.build_family`: called as
+    `factory(in_features=d, out_features=o, n_tokens=n, layers=(...))`, it returns
+    `GeneratorBank(len(layers), in_dim=d, out_dim=o, n_tokens=n, layer_ids=layers, **bank_kwargs)`;
+    `bank_kwargs` must include share_every and bottleneck."""
+
+    def factory(in_features: int, out_features: int, n_tokens: int, layers: Sequence[int]) -> GeneratorBank:
+        return GeneratorBank(
+            len(layers),
+            in_dim=in_features,
+            out_dim=out_features,
+            n_tokens=n_tokens,
+            layer_ids=layers,
+            **bank_kwargs,
+        )
+
+    return factory

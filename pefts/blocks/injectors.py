@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 Generator = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+POSITIONS = ("prepend", "append", "after_first")  # where soft positions go, relative to the instruction
 TARGETS = ("q", "k", "v", "gate", "up")  # canonical order of the pieces of a generated scaling vector
 _KW = "_family_scales"  # kwarg carrying a layer's multipliers from the layer hook to its attention module
 
@@ -188,17 +189,18 @@ class SoftLayout:
 
 def insert_soft_positions(input_ids, attention_mask, labels, instr, n: int, position: str, fill_id: int,
                           occupy_positions: bool = True) -> SoftLayout:
-    """Insert `n` positions per row before the first instruction token ("prepend") or right after the
-    last one ("append"), wherever each row's padding is. Positions (`position_ids`): with
+    """Insert `n` positions per row before the first instruction token ("prepend"), right after the
+    last one ("append"), or right after the first one ("after_first": behind an encoder's [CLS]/<s>,
+    which its classification head reads), wherever each row's padding is. Positions (`position_ids`): with
     `occupy_positions` the soft tokens count like real tokens (cumulative sum of the expanded mask, as HF
     `generate` computes them); otherwise (absolute learned positions, GPT-2) real tokens keep their
     original positions and soft tokens repeat the preceding token's."""
-    assert position in ("prepend", "append"), f"position must be 'prepend' or 'append', got '{position}'"
+    assert position in POSITIONS, f"position must be one of {POSITIONS}, got '{position}'"
     B, T = input_ids.shape
     dev = input_ids.device
     ar = torch.arange(T, device=dev).expand(B, T)
-    if position == "prepend":
-        at = torch.where(instr, ar, T).amin(1)
+    if position in ("prepend", "after_first"):
+        at = torch.where(instr, ar, T).amin(1) + (position == "after_first")
     else:
         at = torch.where(instr, ar, -1).amax(1) + 1
     newpos = ar + n * (ar >= at[:, None])  # where original token t goes
@@ -276,6 +278,12 @@ class _State:
             present = torch.unique(self.tenant).tolist()
             self._groups = [(self.tenant_generators[t], (self.tenant == t).nonzero().squeeze(1)) for t in present]
         return self._groups
+
+
+def call_generator(gen, layer: int, hidden: torch.Tensor, instr: torch.Tensor) -> torch.Tensor:
+    """Call a generator in its own parameter dtype (e.g. an fp32 generator on a bf16 backbone)."""
+    p = next((p for p in gen.parameters() if p.is_floating_point()), None) if isinstance(gen, nn.Module) else None
+    return gen(layer, hidden if p is None else hidden.to(p.dtype), instr)
 
 
 def _param_names(fn) -> list[str]:
@@ -383,10 +391,10 @@ class _Injector:
         groups = st.groups()
         self.calls += 1
         if groups is None:
-            return self.generator(layer, hidden, instr)
+            return call_generator(self.generator, layer, hidden, instr)
         out = None
         for gen, rows in groups:
-            o = gen(layer, hidden.index_select(0, rows), instr.index_select(0, rows))
+            o = call_generator(gen, layer, hidden.index_select(0, rows), instr.index_select(0, rows))
             out = o.new_zeros((hidden.shape[0], *o.shape[1:])) if out is None else out
             out = out.index_copy(0, rows, o)
         return out

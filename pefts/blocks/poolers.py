@@ -137,9 +137,16 @@ class CapsulePooler(nn.Module):
     ):
         super().__init__()
         capsule_dim = dim // num_capsules if capsule_dim is None else capsule_dim
-        assert num_capsules > 0 and capsule_dim > 0, f"need num_capsules, capsule_dim > 0, got {num_capsules}, {capsule_dim}"
+        assert num_capsules > 0 and capsule_dim > 0, (
+            f"need num_capsules, capsule_dim > 0, got {num_capsules}, {capsule_dim}"
+        )
         assert routing_iters >= 0, f"routing_iters must be >= 0, got {routing_iters}"
-        self.num_capsules, self.capsule_dim, self.routing_iters, self.eps = num_capsules, capsule_dim, routing_iters, eps
+        self.num_capsules, self.capsule_dim, self.routing_iters, self.eps = (
+            num_capsules,
+            capsule_dim,
+            routing_iters,
+            eps,
+        )
         self.out_dim = num_capsules * capsule_dim
         self.weight = nn.Parameter(torch.empty(num_capsules, dim, capsule_dim))  # W_k^cap
         self.routing_query = nn.Parameter(torch.empty(num_capsules, dim))  # v_k

@@ -1,0 +1,35 @@
+"""Prefix tuning (Li & Liang, 2021): key/value prefixes in every layer, produced by an MLP
+reparameterization P = MLP(E) of a (n x d) embedding E (Sec. 4.3: "P_theta[i,:] = MLP(P'_theta[i,:])").
+
+Same injection as P-tuning v2 (pefts/blocks/adapters.py `PrefixKV(encoder=h)`); the MLP is
+d -> h (tanh) -> L x 2 x kv_dim and is trained; its output is cached when no gradient is needed.
+Not a baseline of iapt.txt Table 1. Parameters on LLaMA-2 7B with n=64, h=512:
+64x4096 + (4096x512 + 512) + (512x262144 + 262144) = 136,839,680 (the MLP dominates; Li & Liang
+drop it after training, which this harness does not do).
+
+    python run.py method=prefix_tuning method.encoder_hidden_size=128
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pefts.blocks.adapters import PrefixKV, any_weight, decoder_layers, freeze, install_prefix_attention
+from pefts.p_tuning_v2 import kv_dim
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class PrefixTuningConfig(MethodConfig):
+    name: str = "prefix_tuning"
+    num_virtual_tokens: int = 64
+    encoder_hidden_size: int = 512
+
+
+@register_method("prefix_tuning", PrefixTuningConfig, size_knob="encoder_hidden_size")
+def build(model, cfg: PrefixTuningConfig):
+    freeze(model)
+    layers = list(range(len(decoder_layers(model))))
+    prefix = PrefixKV(layers, cfg.num_virtual_tokens, kv_dim(model.config), any_weight(model),
+                      encoder=cfg.encoder_hidden_size, hidden=model.config.hidden_size)
+    return install_prefix_attention(model, prefix)

@@ -1,0 +1,73 @@
+"""IAPT bi-level optimization (Appendix B): Θ moves only on dev steps, Ω only on train steps."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from pefts.registry import build_method
+from runners.backbones import load_backbone
+from runners.bilevel import BilevelCallback, make_optimizer
+from runners.data import TrainCollator, encode_train
+from tasks.registry import build_task
+from tests.conftest import compose
+
+
+def setup(tmp_path):
+    cfg = compose("task=synth-compare", "method.dropout=0.0")
+    torch.manual_seed(0)
+    model, tok = load_backbone(cfg.backbone)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = build_method(model, cfg.method)
+    with torch.no_grad():  # LoRA's B starts at zero: give Θ and Ω nonzero gradients
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    theta = [p for n, p in named.items() if "layers.0." in n]  # stand-in architecture parameters
+    omega = [p for n, p in named.items() if "layers.0." not in n]
+    ex = build_task(cfg.task).splits(None)
+    rows = encode_train(ex["train"][:8], tok, "plain", 64)
+    dev = encode_train(ex["dev"][:8], tok, "plain", 64)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to="none",
+                             use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True)
+    return model, tok, theta, omega, rows, dev, args, cfg
+
+
+def snapshot(ps):
+    return [p.detach().clone() for p in ps]
+
+
+def moved(before, ps):
+    return any(not torch.equal(b, p) for b, p in zip(before, ps))
+
+
+def test_theta_moves_only_on_dev_steps(tmp_path):
+    model, tok, theta, omega, rows, dev, args, cfg = setup(tmp_path)
+    collator = TrainCollator(tok.pad_token_id)
+    cb = BilevelCallback(model, theta, dev, collator, lr=1e-2, batch_size=4, seed=0, device="cpu")
+    calls = []
+    real = cb.on_step_end
+    t0, o0 = snapshot(theta), snapshot(omega)
+
+    def spy(*a, **k):  # before each dev step: Θ must not have moved since the previous dev step
+        calls.append(moved(spy.last, theta))
+        real(*a, **k)
+        spy.last = snapshot(theta)
+
+    spy.last = t0
+    cb.on_step_end = spy
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator, callbacks=[cb],
+                      optimizers=(make_optimizer(model, cfg.runner, exclude=theta), None))
+    trainer.train()
+    assert cb.dev_steps == 2 and calls == [False, False], "train steps must not move Θ"
+    assert moved(t0, theta), "dev steps must move Θ"
+    assert moved(o0, omega), "train steps must move Ω"
+
+
+def test_optimizer_excludes_theta():
+    cfg = compose()
+    lin = torch.nn.Linear(2, 2)
+    opt = make_optimizer(lin, cfg.runner, exclude=[lin.bias])
+    assert [p for g in opt.param_groups for p in g["params"]] == [lin.weight]
