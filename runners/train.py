@@ -194,7 +194,7 @@ def run(cfg) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
-    if runner.zero_shot:
+    if runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
         zs = zero_shot(cfg, model, tok, splits, device, config)
         log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
 
