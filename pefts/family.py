@@ -216,6 +216,17 @@ class FamilyModel(nn.Module):
         out.sequences = full
         return out
 
+    def architecture_parameters(self) -> list[nn.Parameter]:
+        """The default generator's architecture parameters (IAPT's rational coefficients, for
+        runners/bilevel.py), or [] when it has none."""
+        fn = getattr(self.generators["default"], "architecture_parameters", None)
+        return list(fn()) if callable(fn) else []
+
+    def unload(self) -> nn.Module:
+        """Remove the hooks and return the (still frozen) backbone."""
+        self.injector.remove()
+        return self.backbone
+
     # -- Trainer hooks ------------------------------------------------------------------------------------
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
                                         offload: bool = False):

@@ -27,8 +27,8 @@ def parse(argv: list[str]) -> dict[str, str]:
 
 def prefetch_backbone(name: str) -> str:
     """Snapshot of the backbone's hub weights and tokenizer; returns the local folder."""
-    from hydra import compose, initialize_config_dir
     from huggingface_hub import snapshot_download
+    from hydra import compose, initialize_config_dir
 
     import runners.schema  # noqa: F401
 

@@ -121,7 +121,7 @@ class BenchTask(Task):
         return ("validation",) if self.carving else ("train", "validation")
 
     def paper_split(self, train: list, val: list) -> tuple[list, list, list]:
-        """iapt.txt Appendix C; tasks with their own rule (GSM8K, E2E, WikiSQL, ...) override this."""
+        """iapt.txt Appendix C (tasks with their own rule, e.g. GSM8K, E2E, WikiSQL, override `splits`)."""
         return appendix_c_split(train, val, self.cfg.split_seed, self.small_threshold)
 
     def train_dev(self, data_dir: str | None = None) -> dict:

@@ -1,0 +1,90 @@
+"""AdaLoRA (Zhang et al., 2023b) through `peft.AdaLoraConfig` / `peft.get_peft_model`.
+
+Papers' setting (iapt.txt Appendix F): initial rank 8 on every linear module, half of the rank
+budget pruned during fine-tuning (target_r = 4 on average). The tensors allocated at the start hold
+32 x [8 x (4(4096+4096) + 3(4096+11008)) + 7 x 8] = 19,990,272 parameters on LLaMA-2 7B; after
+pruning, the kept triplets (rank 4 on average) amount to 9,995,136, Table 1's 10.0M.
+
+AdaLoRA needs the training length (`total_step`) and a call of `update_and_allocate(step)` after
+each optimizer step, before the gradients are zeroed. The returned model carries
+`model.trainer_callbacks(**kw) -> [AdaLoraSchedule]`, a `transformers.TrainerCallback` that sets
+`total_step` (and tinit/tfinal from their fractions) from the Trainer's `max_steps` at train begin and
+calls `update_and_allocate` in `on_optimizer_step`. A runner without that hook must do both itself;
+`method.total_step` is only the fallback used at construction.
+
+    python run.py method=adalora method.init_r=12
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class AdaLoraConfig(MethodConfig):
+    name: str = "adalora"
+    init_r: int = 8
+    target_ratio: float = 0.5
+    alpha: float = 8.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    total_step: int = 1000
+    tinit_frac: float = 0.1
+    tfinal_frac: float = 0.2
+    delta_t: int = 10
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.5
+
+
+def schedule(cfg: AdaLoraConfig, total_step: int) -> dict:
+    """tinit/tfinal (steps) from their fractions of `total_step`, keeping tinit < total - tfinal."""
+    total_step = max(int(total_step), 2)
+    tinit = int(cfg.tinit_frac * total_step)
+    tfinal = int(cfg.tfinal_frac * total_step)
+    if tinit >= total_step - tfinal:
+        tinit, tfinal = 0, 0
+    return {"total_step": total_step, "tinit": tinit, "tfinal": tfinal}
+
+
+def adalora_schedule_callback(model, cfg: AdaLoraConfig):
+    from transformers import TrainerCallback
+
+    class AdaLoraSchedule(TrainerCallback):
+        """Sets AdaLoRA's schedule from the Trainer and prunes ranks after every optimizer step."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            conf = model.peft_config["default"]
+            for k, v in schedule(cfg, state.max_steps).items():
+                setattr(conf, k, v)
+
+        def on_optimizer_step(self, args, state, control, **kw):
+            model.base_model.update_and_allocate(state.global_step)
+
+    return AdaLoraSchedule()
+
+
+@register_method("adalora", AdaLoraConfig, size_knob="init_r")
+def build(model, cfg: AdaLoraConfig):
+    import peft
+
+    assert 0 < cfg.target_ratio <= 1, f"target_ratio must be in (0, 1], got {cfg.target_ratio}"
+    targets = list(cfg.target_modules)
+    config = peft.AdaLoraConfig(
+        init_r=cfg.init_r,
+        target_r=max(1, round(cfg.init_r * cfg.target_ratio)),
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        deltaT=cfg.delta_t,
+        beta1=cfg.beta1,
+        beta2=cfg.beta2,
+        orth_reg_weight=cfg.orth_reg_weight,
+        task_type="CAUSAL_LM",
+        **schedule(cfg, cfg.total_step),
+    )
+    peft_model = peft.get_peft_model(model, config)
+    peft_model.trainer_callbacks = lambda **kw: [adalora_schedule_callback(peft_model, cfg)]
+    return peft_model
