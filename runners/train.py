@@ -146,7 +146,7 @@ def _wandb_finish(record: dict) -> str | None:
     return os.path.dirname(where)
 
 
-def zero_shot(cfg, model, tok, splits, device, config: dict) -> dict:
+def zero_shot(cfg, model, tok, splits, device, config: dict, protocol: str) -> dict:
     """Score the untrained backbone on test once per (backbone, task, runner): the reference row."""
     path = R.result_path(cfg, ZERO_SHOT).replace(f"seed{cfg.seed}.json", "seed0.json")
     done = R.load_finished(path, config, drop_method=True)
@@ -161,7 +161,8 @@ def zero_shot(cfg, model, tok, splits, device, config: dict) -> dict:
               "method": ZERO_SHOT, "variant": None, "cell": ZERO_SHOT, "seed": 0, "status": "ok",
               "metrics": metrics, "dev": {}, "params": {"trainable": 0, "total": total},
               "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
-              "curve": {"train": [], "dev": []}, "split_sizes": {k: len(v) for k, v in splits.items()}}
+              "curve": {"train": [], "dev": []}, "split_sizes": {k: len(v) for k, v in splits.items()},
+              "protocol": protocol}
     R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], preds))
     R.write_json(path, record)
     return record
@@ -188,15 +189,19 @@ def run(cfg) -> dict:
     full = task.splits(cfg.data_dir)
     n_train_full = len(full["train"])  # the batch-size rule looks at the task, not at a debug cap
     splits = capped(full, runner)
-    if not splits["train"] or not splits["dev"] or not splits["test"]:
-        raise UserError(f"task '{cfg.task.name}' gave empty splits: { {k: len(v) for k, v in splits.items()} }")
+    sizes = {k: len(v) for k, v in splits.items()}
+    eval_only = runner.zero_shot and not splits["train"]  # e.g. MMLU evaluated without training data
+    if not splits["test"] or (not eval_only and (not splits["train"] or not splits["dev"])):
+        raise UserError(f"task '{cfg.task.name}' gave empty splits: {sizes}")
     model, tok = load_backbone(cfg.backbone, cache_dir=runner.cache_dir, dtype=runner.dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
     if runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
-        zs = zero_shot(cfg, model, tok, splits, device, config)
+        zs = zero_shot(cfg, model, tok, splits, device, config, getattr(task, "protocol", "paper"))
         log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
+        if eval_only:
+            return zs
 
     set_seed(cfg.seed)  # method initialization depends on the seed only
     model = build_method(model, cfg.method).to(device)
@@ -264,7 +269,7 @@ def run(cfg) -> dict:
         "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total},
         "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
         "curve": {"train": _log_curve(history), "dev": best.dev_curve},
-        "split_sizes": {k: len(v) for k, v in splits.items()},
+        "split_sizes": sizes, "protocol": getattr(task, "protocol", "paper"),
         "steps": trainer.state.global_step, "effective_batch_size": batch,
     }
     R.validate_record(record)
