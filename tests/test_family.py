@@ -217,6 +217,23 @@ def test_cache_equals_no_cache_greedy_and_beams(kind, variant):
     assert (greedy - frozen).abs().max() > 1e-3, "injection had no effect"
 
 
+@pytest.mark.parametrize("kind", ["llama", "neox"])
+def test_eager_attention_float_masks(kind):
+    """Eager attention gets additive float masks: hiding the soft positions below m works there too."""
+    fam = family(kind, "soft_prompt", layers=[2], position="prepend", attn="eager")
+    ids, mask = prompts()
+    kw = dict(max_new_tokens=4, **GEN)
+    a = fam.generate(input_ids=ids, attention_mask=mask, use_cache=True, **kw)
+    b = fam.generate(input_ids=ids, attention_mask=mask, use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)
+    sdpa = family(kind, "soft_prompt", layers=[2], position="prepend", attn="sdpa")
+    keep = mask.bool()  # padded positions hold garbage that differs between attention kernels
+    torch.testing.assert_close(fam(input_ids=ids, attention_mask=mask).logits[keep],
+                               sdpa(input_ids=ids, attention_mask=mask).logits[keep], atol=1e-5, rtol=1e-5)
+    alone = fam.generate(input_ids=ids[2:, 3:], attention_mask=mask[2:, 3:], use_cache=True, **kw)
+    assert torch.equal(alone.sequences[0, 4:], a.sequences[2, 7:])
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v[0]}-{v[1]}-{v[2]}")
 def test_forward_logits_match_first_generation_step(variant):
     injector, layers, position = variant
@@ -422,3 +439,24 @@ def test_roberta_idspam_prompt_at_layer_m():
     assert (out.logits - frozen).abs().max() > 1e-5
     out.loss.backward()
     assert all((p.grad is not None) == n.startswith("generators.") for n, p in fam.named_parameters())
+
+
+# ----------------------------------------------------------------------------------------------- presets
+@pytest.mark.parametrize("name", ["iapt", "parade", "para", "idspam", "lpt"])
+def test_presets_train_and_generate_on_tiny(name):
+    from pefts.registry import build_method
+    from tests.conftest import compose
+
+    cfg = compose(f"method={name}")
+    fam = build_method(backbone("tiny"), cfg.method)
+    ids, mask, labels = training_batch(vocab=fam.config.vocab_size)
+    fam.train()
+    fam(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    assert all((p.grad is not None) == p.requires_grad for p in fam.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in fam.parameters() if p.requires_grad)
+    fam.eval()
+    pids, pmask = prompts(vocab=fam.config.vocab_size)
+    kw = dict(max_new_tokens=3, num_beams=3, **GEN)
+    a = fam.generate(input_ids=pids, attention_mask=pmask, use_cache=True, **kw)
+    b = fam.generate(input_ids=pids, attention_mask=pmask, use_cache=False, **kw)
+    assert torch.equal(a.sequences, b.sequences)

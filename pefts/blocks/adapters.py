@@ -120,10 +120,14 @@ class Bottleneck(nn.Module):
     ACTS = {"relu": nn.functional.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu,
             "swish": nn.functional.silu, "tanh": torch.tanh, "identity": lambda x: x}
 
-    def __init__(self, dim: int, bottleneck: int, ref: torch.Tensor, activation: str = "relu",
+    def __init__(self, dim: int, bottleneck: int, ref: torch.Tensor, activation: str | nn.Module = "relu",
                  scaling: float = 1.0, init_std: float = 0.02):
         super().__init__()
-        assert activation in self.ACTS, f"activation '{activation}' not in {sorted(self.ACTS)}"
+        if isinstance(activation, nn.Module):
+            self.act = activation  # a learnable activation (Learned-Adapter's mixed operation)
+            activation = None
+        else:
+            assert activation in self.ACTS, f"activation '{activation}' not in {sorted(self.ACTS)}"
         self.activation, self.scaling = activation, scaling
         self.down_weight = new_param(ref, bottleneck, dim, init="normal", std=init_std)
         self.down_bias = new_param(ref, bottleneck)
@@ -137,7 +141,9 @@ class Bottleneck(nn.Module):
         return nn.functional.linear(z, self.up_weight, self.up_bias) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.ACTS[self.activation](self.down(x))).to(x.dtype)
+        z = self.down(x)
+        z = self.act(z) if self.activation is None else self.ACTS[self.activation](z)
+        return self.up(z).to(x.dtype)
 
 
 class OutputAdapter(nn.Module):

@@ -1,0 +1,75 @@
+"""DePT (Shi & Lipani, 2024, "Decomposed Prompt Tuning"): a shorter soft prompt P_s (m x d) plus a
+low-rank update A B (A: s x r, B: r x d) added position-wise to the frozen input embeddings
+(Sec. 2: E' = E + A B for the first s input positions), each part with its own learning rate.
+
+Decoder-only adaptation: the update goes to the instruction tokens only (position i = i-th attended
+instruction token of the row; tokens past s are left as they are), the prompt sits before them
+(pefts/blocks/adapters.py `PromptInserter` with an `edit` step). Defaults are DePT's T5-Base budget
+(m = 60, r = 30, s = 256: as many parameters as 100 prompt tokens at d = 768). A ~ N(0, 1/r),
+B = 0, so the update starts at zero. LLaMA-2 7B: 60 x 4096 + 256 x 30 + 30 x 4096 = 376,320.
+
+Separate learning rates: the returned model has `model.peft_param_lrs = {param name: lr}` for the
+low-rank pair (method.lowrank_lr) and, when method.prompt_lr is set, the prompt; the runner must put
+those parameters in their own optimizer param groups (all others use runner.lr).
+
+    python run.py method=dept method.rank=45 method.lowrank_lr=5e-4
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze, new_param, vocab_init
+from pefts.registry import MethodConfig, register_method
+
+
+class DecomposedPrompt(nn.Module):
+    """Prompt source for `PromptInserter`: a free prompt and a position-wise low-rank embedding update."""
+
+    def __init__(self, n: int, d: int, max_positions: int, rank: int, ref: torch.Tensor, init_from=None):
+        super().__init__()
+        self.prompt = SoftPrompt(n, d, ref, init_from=init_from)
+        self.max_positions = max_positions
+        self.lowrank_a = new_param(ref, max_positions, rank, init="normal", std=rank ** -0.5)
+        self.lowrank_b = new_param(ref, rank, d)
+
+    def prompts(self, embeds: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        return self.prompt.prompts(embeds, instruction)
+
+    def edit(self, embeds: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        if not bool(instruction.any()):
+            return embeds
+        pos = instruction.long().cumsum(1) - 1  # index among the row's instruction tokens
+        use = instruction & (pos < self.max_positions)
+        update = (self.lowrank_a @ self.lowrank_b)[pos.clamp(0, self.max_positions - 1)]  # (B, T, d)
+        return embeds + (update * use.unsqueeze(-1)).to(embeds.dtype)
+
+
+@dataclass
+class DeptConfig(MethodConfig):
+    name: str = "dept"
+    num_virtual_tokens: int = 60
+    rank: int = 30
+    max_positions: int = 256
+    lowrank_lr: float = 1e-4
+    prompt_lr: float | None = None
+
+
+@register_method("dept", DeptConfig, size_knob="rank")
+def build(model, cfg: DeptConfig):
+    assert cfg.rank >= 1 and cfg.max_positions >= 1, "dept needs rank >= 1 and max_positions >= 1"
+    freeze(model)
+    ref = any_weight(model.get_input_embeddings())
+    source = DecomposedPrompt(cfg.num_virtual_tokens, model.config.hidden_size, cfg.max_positions, cfg.rank, ref,
+                              init_from=vocab_init(model, cfg.num_virtual_tokens))
+    model = PromptInserter(cfg.num_virtual_tokens, source).install(model)
+    lrs = {f"peft_prompt.source.{n}": cfg.lowrank_lr for n in ("lowrank_a", "lowrank_b")}
+    if cfg.prompt_lr is not None:
+        lrs["peft_prompt.source.prompt.weight"] = cfg.prompt_lr
+    names = {n for n, _ in model.named_parameters()}
+    assert set(lrs) <= names, f"dept lr groups name unknown parameters {sorted(set(lrs) - names)}"
+    model.peft_param_lrs = lrs
+    return model

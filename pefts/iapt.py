@@ -1,0 +1,46 @@
+"""IAPT (iapt.txt): instruction-aware soft prompts, regenerated before every Transformer layer.
+
+    eq. 1   p = MLP_up(g(Pooler(MLP_down(h))))   h: the instruction's states entering the layer
+    eq. 2   Pooler: self-attention pooling, one learnable query per soft token (l_sp of them)
+    eq. 3   g: rational activation of order (6, 5), initialised to approximate GeLU (learned, bi-level)
+    3.3     p is concatenated to the layer's input, replacing the previous layer's prompt (footnote 3);
+            generated once at prefill, reused from the KV cache
+    3.6     every L_s layers share MLP_down, MLP_up and g; each layer keeps its own pooler
+    4.3     l_sp = 4, m = 256, L_s = 4; Appendix B/F: activation coefficients on dev batches, lr 1e-6
+
+On LLaMA-2 7B these settings give 16.8M tunable parameters (paper: 8.4M; docs/deviations-blocks.md).
+Soft-token placement, positions and caching: docs/deviations-injectors.md.
+
+    python run.py method=iapt method.bottleneck=128
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pefts.blocks.generators import bank_factory
+from pefts.family import build_family
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class IaptConfig(MethodConfig):
+    name: str = "iapt"
+    n_tokens: int = 4
+    bottleneck: int = 256
+    share_every: int = 4
+    pooler: str = "attention"
+    activation: str = "rational"
+    layers: Any = "all"
+    position: str = "prepend"
+    bilevel: bool = True
+    arch_lr: float = 1e-6
+
+
+@register_method("iapt", IaptConfig, size_knob="bottleneck")
+def build(model, cfg: IaptConfig):
+    factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
+                           activation=cfg.activation)
+    return build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
+                        position=cfg.position, generator_factory=factory)

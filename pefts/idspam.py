@@ -1,0 +1,40 @@
+"""ID-SPAM (id-spam.txt): one input-dependent soft prompt, generated from the input embeddings and
+prepended at a single layer m.
+
+    eq. 1   A = mean_tokens softmax((E W_Q)(E W_K)^T / sqrt(d)) (E W_V)   E: input embeddings of the
+            instruction tokens (read at layer 0 whatever m is)
+    eq. 2   S = resize(ReLU(W_up ReLU(W_down A))) -> t soft tokens, prepended to layer m's input
+    3.1     t = 10; Figure 2 / Appendix A: middle layers work best (m searched; default here L // 2)
+
+c = 34 reproduces the paper's parameter counts with t = 10 (docs/deviations-blocks.md). Below m the
+inserted positions are invisible; at m they are replaced by S (docs/deviations-injectors.md).
+
+    python run.py method=idspam method.layer=6
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pefts.blocks.generators import bank_factory
+from pefts.blocks.injectors import layer_list
+from pefts.family import build_family
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class IdSpamConfig(MethodConfig):
+    name: str = "idspam"
+    n_tokens: int = 10
+    bottleneck: int = 34
+    layer: int | None = None
+    position: str | None = None
+
+
+@register_method("idspam", IdSpamConfig, size_knob="bottleneck")
+def build(model, cfg: IdSpamConfig):
+    m = len(layer_list(model)) // 2 if cfg.layer is None else cfg.layer
+    factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler="self_attention", pool_first=True,
+                           activation="relu", out_activation="relu", down_bias=False)
+    return build_family(model, injector="soft_prompt", layers=[m], n_tokens=cfg.n_tokens, position=cfg.position,
+                        read_layer=0, generator_factory=factory)

@@ -1,0 +1,59 @@
+"""Learned-Adapter (Zhang et al., 2023c, "Learned Adapters Are Better Than Manually Designed Adapters"),
+smallest faithful version: the block-parallel adapter of iapt.txt Appendix F ("bottleneck dimension 36
+... connected to the whole block") whose encoding operation is searched, DARTS-style, per layer.
+
+Each layer's bottleneck activation is a softmax(alpha)-weighted mixture of candidate operations
+(relu, gelu, swish, tanh, identity), alpha (one logit per candidate) starting equal. Unlike the
+paper (bi-level search, then discretization and re-training; it also searches where adapters attach),
+alpha trains jointly with the adapter weights on the training loss and the soft mixture is kept at
+inference; placement is fixed by Appendix F (docs/deviations-baselines.md).
+On LLaMA-2 7B: 32 x (2 x 4096 x 36 + 36 + 4096 + 5) = 9,569,568 (Table 1: 9.5M).
+
+    python run.py method=learned_adapter method.bottleneck=32
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from pefts.blocks.adapters import (Bottleneck, ParallelAdapter, any_weight, attach_block_hook, decoder_layers, freeze,
+                                   new_param)
+from pefts.registry import MethodConfig, register_method
+
+
+class MixedActivation(nn.Module):
+    """sum_k softmax(alpha)_k op_k(x) over named candidate operations (DARTS mixed operation)."""
+
+    def __init__(self, candidates: list[str], ref: torch.Tensor):
+        super().__init__()
+        unknown = sorted(set(candidates) - set(Bottleneck.ACTS))
+        assert candidates and not unknown, f"unknown candidate operations {unknown}; known: {sorted(Bottleneck.ACTS)}"
+        self.candidates = list(candidates)
+        self.alpha = new_param(ref, len(candidates))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.alpha, 0).to(x.dtype)
+        return sum(w[i] * Bottleneck.ACTS[c](x) for i, c in enumerate(self.candidates))
+
+
+@dataclass
+class LearnedAdapterConfig(MethodConfig):
+    name: str = "learned_adapter"
+    bottleneck: int = 36
+    candidates: list[str] = field(default_factory=lambda: ["relu", "gelu", "swish", "tanh", "identity"])
+    scaling: float = 4.0
+
+
+@register_method("learned_adapter", LearnedAdapterConfig, size_knob="bottleneck")
+def build(model, cfg: LearnedAdapterConfig):
+    freeze(model)
+    d = model.config.hidden_size
+    for layer in decoder_layers(model):
+        ref = any_weight(layer)
+        act = MixedActivation(list(cfg.candidates), ref)
+        adapter = Bottleneck(d, cfg.bottleneck, ref, activation=act, scaling=cfg.scaling)
+        attach_block_hook(layer, "peft_adapter", ParallelAdapter(adapter))
+    return model

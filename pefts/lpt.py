@@ -1,0 +1,41 @@
+"""LPT, late prompt tuning (Liu et al., 2022; iapt.txt baseline): an instance-dependent soft prompt
+generated from the hidden states entering one intermediate layer m and prepended there.
+
+    generator   pool the instruction states entering layer m -> W_down -> ReLU -> W_up -> l_sp tokens
+    iapt.txt Appendix F: bottleneck 1024, 4 soft tokens (the setting of IAPT's Table 1)
+    layer       the middle layer by default (LPT and id-spam.txt Appendix A: middle layers work best)
+
+Pooling over instruction tokens found by mask, not LPT's last-token indexing that assumes right padding
+(docs/deviations-injectors.md). The pooler (LPT offers average or max pooling) is configurable.
+
+    python run.py method=lpt method.layer=12 method.pooler=max
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pefts.blocks.generators import bank_factory
+from pefts.blocks.injectors import layer_list
+from pefts.family import build_family
+from pefts.registry import MethodConfig, register_method
+
+
+@dataclass
+class LptConfig(MethodConfig):
+    name: str = "lpt"
+    n_tokens: int = 4
+    bottleneck: int = 1024
+    pooler: str = "mean"
+    activation: str = "relu"
+    layer: int | None = None
+    position: str | None = None
+
+
+@register_method("lpt", LptConfig, size_knob="bottleneck")
+def build(model, cfg: LptConfig):
+    m = len(layer_list(model)) // 2 if cfg.layer is None else cfg.layer
+    factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler, pool_first=True,
+                           activation=cfg.activation)
+    return build_family(model, injector="soft_prompt", layers=[m], n_tokens=cfg.n_tokens, position=cfg.position,
+                        generator_factory=factory)
