@@ -8,9 +8,9 @@ instruction token of the row; tokens past s are left as they are), the prompt si
 (m = 60, r = 30, s = 256: as many parameters as 100 prompt tokens at d = 768). A ~ N(0, 1/r),
 B = 0, so the update starts at zero. LLaMA-2 7B: 60 x 4096 + 256 x 30 + 30 x 4096 = 376,320.
 
-Separate learning rates: the returned model has `model.peft_param_lrs = {param name: lr}` for the
-low-rank pair (method.lowrank_lr) and, when method.prompt_lr is set, the prompt; the runner must put
-those parameters in their own optimizer param groups (all others use runner.lr).
+Separate learning rates: the returned model has `model.optimizer_param_groups(base_lr)`, the hook
+runners/bilevel.py `make_optimizer` uses: one group for the low-rank pair at method.lowrank_lr, one for
+the prompt at method.prompt_lr (base_lr when null). A runner without that hook trains both at runner.lr.
 
     python run.py method=dept method.rank=45 method.lowrank_lr=5e-4
 """
@@ -66,10 +66,13 @@ def build(model, cfg: DeptConfig):
     source = DecomposedPrompt(cfg.num_virtual_tokens, model.config.hidden_size, cfg.max_positions, cfg.rank, ref,
                               init_from=vocab_init(model, cfg.num_virtual_tokens))
     model = PromptInserter(cfg.num_virtual_tokens, source).install(model)
-    lrs = {f"peft_prompt.source.{n}": cfg.lowrank_lr for n in ("lowrank_a", "lowrank_b")}
-    if cfg.prompt_lr is not None:
-        lrs["peft_prompt.source.prompt.weight"] = cfg.prompt_lr
-    names = {n for n, _ in model.named_parameters()}
-    assert set(lrs) <= names, f"dept lr groups name unknown parameters {sorted(set(lrs) - names)}"
-    model.peft_param_lrs = lrs
+
+    def optimizer_param_groups(base_lr: float) -> list[dict]:
+        """AdamW groups: the low-rank pair at lowrank_lr, the prompt at prompt_lr (or base_lr)."""
+        lowrank = [source.lowrank_a, source.lowrank_b]
+        prompt = [p for p in source.prompt.parameters()]
+        return [{"params": [p for p in prompt if p.requires_grad], "lr": cfg.prompt_lr or base_lr},
+                {"params": [p for p in lowrank if p.requires_grad], "lr": cfg.lowrank_lr}]
+
+    model.optimizer_param_groups = optimizer_param_groups
     return model

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pefts.blocks.injectors import (
+    FINAL,
     POSITIONS,
     ScalingInjector,
     SoftPromptInjector,
@@ -52,7 +53,7 @@ class FamilyModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, generator: nn.Module, *, injector: str, layers: Sequence[int],
                  n_tokens: int = 4, position: str = "prepend", targets: Sequence[str] = ("q", "v", "up"),
-                 read_layer: int | None = None):
+                 read_layer: int | str | None = None):
         super().__init__()
         assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
         self.causal = arch_of(backbone).causal
@@ -85,6 +86,20 @@ class FamilyModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.backbone.parameters()).dtype
+
+    @torch.no_grad()
+    def _final_reads(self, input_ids, attention_mask, lay=None):
+        """read_layer=FINAL (IDPG): the frozen backbone's last hidden states of the caller's tokens from a
+        separate pass without injection, placed at their expanded positions when soft tokens are inserted."""
+        if self.injector.read_layer != FINAL:
+            return None
+        base = self.injector.base
+        h = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=plain_positions(attention_mask),
+                 use_cache=False).last_hidden_state
+        if lay is not None:
+            h = h.new_zeros((*lay.input_ids.shape, h.shape[-1])).scatter(
+                1, lay.src[..., None].expand(-1, -1, h.shape[-1]), h)
+        return {FINAL: h}
 
     def _default_generator(self, layer, hidden, instr):
         return call_generator(self.generators["default"], layer, hidden, instr)
@@ -146,7 +161,8 @@ class FamilyModel(nn.Module):
         else:
             ids, mask, pos, instr_x, start = input_ids, attention_mask, plain_positions(attention_mask), instr, None
         kwargs.setdefault("use_cache", False)
-        with self.injector.active(instr_x, start, tenant, tenant_gens):
+        reads = self._final_reads(input_ids, attention_mask, lay)
+        with self.injector.active(instr_x, start, tenant, tenant_gens, reads):
             out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
         logits = out.logits
         if lay is not None:
@@ -194,8 +210,10 @@ class FamilyModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         B = input_ids.shape[0]
         ids, mask = left_align(input_ids, attention_mask)
+        plain_ids, plain_mask = ids, mask
         instr = instruction_mask(mask)
         tenant, tenant_gens = self._tenants(tenant_ids, B)
+        lay = None
         if self.kind == "soft_prompt":
             lay = self._insert(ids, mask, None, instr)
             ids, mask, pos, instr, start = lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start
@@ -206,7 +224,8 @@ class FamilyModel(nn.Module):
                 kwargs["min_length"] += self.n_tokens
         else:
             pos, start = plain_positions(mask), None
-        with self.injector.active(instr, start, tenant, tenant_gens):
+        reads = self._final_reads(plain_ids, plain_mask, lay)
+        with self.injector.active(instr, start, tenant, tenant_gens, reads):
             out = self.backbone.generate(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
         new = seqs[:, ids.shape[1]:]
@@ -258,13 +277,14 @@ def resolve_layers(layers, num_layers: int) -> list[int]:
 
 def build_family(model: nn.Module, *, injector: str, layers, generator_factory: Callable[..., nn.Module],
                  n_tokens: int = 4, position: str | None = None, targets: Sequence[str] = ("q", "v", "up"),
-                 read_layer: int | None = None) -> FamilyModel:
+                 read_layer: int | str | None = None) -> FamilyModel:
     """Freeze `model`, build the generator with `generator_factory(in_features, out_features, n_tokens,
     layers)` and wrap both. injector: "soft_prompt" (n_tokens soft tokens, `position` "prepend" before
     the instruction, "append" right after it, "after_first" behind the first token; default "prepend"
     for decoders, "after_first" for encoders, whose head reads <s>) or "scaling" (vectors for `targets`
     among q, k, v, gate, up). layers: "all", an int or a list of layer indices; read_layer: take the generator's input from
-    this layer's input (0 = embeddings, ID-SPAM) instead of the injection layer's."""
+    this layer's input (0 = embeddings, ID-SPAM) instead of the injection layer's, or "final": the frozen
+    backbone's last hidden states from a separate pass (IDPG's sentence encoder)."""
     assert injector in INJECTORS, f"injector must be one of {INJECTORS}, got '{injector}'"
     idx = resolve_layers(layers, len(layer_list(model)))
     if position is None:

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import (Bottleneck, OutputAdapter, any_weight, attach_output_hook, decoder_layers, freeze,
-                                   sublayer)
+from pefts.blocks.adapters import (
+    Bottleneck,
+    OutputAdapter,
+    any_weight,
+    attach_output_hook,
+    decoder_layers,
+    freeze,
+    sublayer,
+)
 from pefts.registry import MethodConfig, register_method
 
 

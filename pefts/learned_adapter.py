@@ -3,10 +3,11 @@ smallest faithful version: the block-parallel adapter of iapt.txt Appendix F ("b
 ... connected to the whole block") whose encoding operation is searched, DARTS-style, per layer.
 
 Each layer's bottleneck activation is a softmax(alpha)-weighted mixture of candidate operations
-(relu, gelu, swish, tanh, identity), alpha (one logit per candidate) starting equal. Unlike the
-paper (bi-level search, then discretization and re-training; it also searches where adapters attach),
-alpha trains jointly with the adapter weights on the training loss and the soft mixture is kept at
-inference; placement is fixed by Appendix F (docs/deviations-baselines.md).
+(relu, gelu, swish, tanh, identity), alpha (one logit per candidate) starting equal. The alphas are
+the model's `architecture_parameters()`: with `bilevel: true` the runner updates them on dev batches
+(first-order DARTS, runners/bilevel.py) at `arch_lr`, the adapters on training batches. Unlike the
+paper, the soft mixture is kept at inference (no discretization and re-training) and the placement is
+fixed by Appendix F rather than searched (docs/deviations-baselines.md).
 On LLaMA-2 7B: 32 x (2 x 4096 x 36 + 36 + 4096 + 5) = 9,569,568 (Table 1: 9.5M).
 
     python run.py method=learned_adapter method.bottleneck=32
@@ -19,8 +20,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import (Bottleneck, ParallelAdapter, any_weight, attach_block_hook, decoder_layers, freeze,
-                                   new_param)
+from pefts.blocks.adapters import (
+    Bottleneck,
+    ParallelAdapter,
+    any_weight,
+    attach_block_hook,
+    decoder_layers,
+    freeze,
+    new_param,
+)
 from pefts.registry import MethodConfig, register_method
 
 
@@ -45,15 +53,20 @@ class LearnedAdapterConfig(MethodConfig):
     bottleneck: int = 36
     candidates: list[str] = field(default_factory=lambda: ["relu", "gelu", "swish", "tanh", "identity"])
     scaling: float = 4.0
+    bilevel: bool = True
+    arch_lr: float = 3e-4
 
 
 @register_method("learned_adapter", LearnedAdapterConfig, size_knob="bottleneck")
 def build(model, cfg: LearnedAdapterConfig):
     freeze(model)
     d = model.config.hidden_size
+    alphas = []
     for layer in decoder_layers(model):
         ref = any_weight(layer)
         act = MixedActivation(list(cfg.candidates), ref)
+        alphas.append(act.alpha)
         adapter = Bottleneck(d, cfg.bottleneck, ref, activation=act, scaling=cfg.scaling)
         attach_block_hook(layer, "peft_adapter", ParallelAdapter(adapter))
+    model.architecture_parameters = lambda: list(alphas)
     return model

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import Bottleneck, ParallelAdapter, any_weight, attach_block_hook, decoder_layers, freeze
+from pefts.blocks.adapters import (
+    Bottleneck,
+    ParallelAdapter,
+    any_weight,
+    attach_block_hook,
+    decoder_layers,
+    freeze,
+)
 from pefts.registry import MethodConfig, register_method
 
 

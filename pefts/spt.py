@@ -5,9 +5,10 @@ inserted through a learnable gate g_l = sigmoid(a_l):  h_prompt <- g_l P_l + (1 
 The prompt occupies `n` sequence positions (pefts/blocks/adapters.py `PromptInserter`); a forward
 pre-hook on each decoder layer rewrites those positions' hidden states. With all gates at 1 this is
 deep prompt tuning with fresh prompts per layer; at 0, plain prompt tuning. Gates start at
-sigmoid(gate_init). Unlike the paper (bi-level search of the gates, then keeping the selected layers
-and re-training), the gates train jointly with the prompts and stay soft at inference
-(docs/deviations-baselines.md). Not usable with gradient checkpointing (the layer hooks need the
+sigmoid(gate_init). The gate logits are the model's `architecture_parameters()`: with `bilevel: true`
+the runner updates them on dev batches (first-order DARTS, runners/bilevel.py) at `arch_lr`. Unlike
+the paper, the gates stay soft at inference (no layer selection and re-training;
+docs/deviations-baselines.md). Not usable with gradient checkpointing (the layer hooks need the
 placeholder positions of the current call; they raise when the recomputation lacks them).
 LLaMA-2 7B with n = 10: 32 x 10 x 4096 + 31 = 1,310,751.
 
@@ -21,7 +22,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, decoder_layers, freeze, new_param, vocab_init
+from pefts.blocks.adapters import (
+    PromptInserter,
+    SoftPrompt,
+    any_weight,
+    decoder_layers,
+    freeze,
+    new_param,
+    vocab_init,
+)
 from pefts.registry import MethodConfig, register_method
 
 
@@ -65,6 +74,8 @@ class SptConfig(MethodConfig):
     name: str = "spt"
     num_virtual_tokens: int = 10
     gate_init: float = 0.0
+    bilevel: bool = True
+    arch_lr: float = 3e-4
 
 
 @register_method("spt", SptConfig, size_knob="num_virtual_tokens")
@@ -81,4 +92,5 @@ def build(model, cfg: SptConfig):
     inserter.add_module("layer_prompts", gated)
     for i, layer in enumerate(layers[1:], start=1):
         layer.register_forward_pre_hook(_LayerHook(inserter, gated, i), with_kwargs=True)
+    model.architecture_parameters = lambda: [gated.gate_logits]
     return model

@@ -51,7 +51,7 @@ PAPER = {
 UNREACHABLE = {"adalora", "p_tuning", "p_tuning_v2"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trainable(name: str) -> int:
     return count(compose("backbone=llama2-7b", f"method={name}", debug=False))["trainable"]
 

@@ -442,7 +442,7 @@ def test_roberta_idspam_prompt_at_layer_m():
 
 
 # ----------------------------------------------------------------------------------------------- presets
-@pytest.mark.parametrize("name", ["iapt", "parade", "para", "idspam", "lpt"])
+@pytest.mark.parametrize("name", ["iapt", "parade", "para", "idspam", "lpt", "idpg"])
 def test_presets_train_and_generate_on_tiny(name):
     from pefts.registry import build_method
     from tests.conftest import compose
@@ -460,3 +460,24 @@ def test_presets_train_and_generate_on_tiny(name):
     a = fam.generate(input_ids=pids, attention_mask=pmask, use_cache=True, **kw)
     b = fam.generate(input_ids=pids, attention_mask=pmask, use_cache=False, **kw)
     assert torch.equal(a.sequences, b.sequences)
+
+
+def test_idpg_reads_the_frozen_models_last_hidden_states():
+    """IDPG's sentence encoder is a separate pass of the frozen backbone; its generator sees exactly those
+    last hidden states at the instruction tokens, whatever the padding side."""
+    from pefts.registry import build_method
+    from tests.conftest import compose
+
+    cfg = compose("method=idpg")
+    fam = build_method(backbone("tiny"), cfg.method).eval()
+    seen = []
+    gen = fam.generators["default"]
+    handle = gen.register_forward_pre_hook(lambda m, args: seen.append((args[1].detach(), args[2].detach())))
+    pids, pmask = prompts(vocab=fam.config.vocab_size)
+    with torch.no_grad():
+        fam(input_ids=pids, attention_mask=pmask)
+        ref = fam.backbone.base_model(input_ids=pids[:1, pmask[0].bool()]).last_hidden_state[0]
+    handle.remove()
+    (hidden, instr), = seen
+    got = hidden[0][instr[0].bool()]
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)

@@ -27,7 +27,7 @@ TEXTS = ["hi there", "a", "the quick fox"]  # different lengths, so every batch 
 NEW = 4  # generated tokens per test
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cfg(name: str):
     return compose(f"method={name}")
 

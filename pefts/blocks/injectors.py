@@ -240,6 +240,9 @@ def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor):
 # ----------------------------------------------------------------------------------------------------------
 # Runtime state and hooks
 # ----------------------------------------------------------------------------------------------------------
+FINAL = "final"  # read_layer value: the frozen backbone's last hidden states from a separate pass (IDPG)
+
+
 class _State:
     """Per-call facts the hooks read: per-row tensors (expanded for beams on first sight of a larger
     batch), the cache offset of the current backbone call, and prefill products kept for decode."""
@@ -264,6 +267,7 @@ class _State:
         assert batch % self.batch == 0, f"batch {batch} is not a multiple of the {self.batch} rows given"
         k = batch // self.batch
         self.instr = self.instr.repeat_interleave(k, 0)
+        self.reads = {key: v.repeat_interleave(k, 0) for key, v in self.reads.items()}  # given before prefill
         if self.soft_start is not None:
             self.soft_start = self.soft_start.repeat_interleave(k, 0)
         if self.tenant is not None:
@@ -318,15 +322,15 @@ class _Injector:
     generator dispatch (one generator, or one per tenant), and hook removal."""
 
     def __init__(self, model: nn.Module, layers: Sequence[int], generator: Generator,
-                 read_layer: int | None = None):
+                 read_layer: int | str | None = None):
         self.model, self.arch = model, arch_of(model)
         self.base = getattr(model, "base_model", model)
         self.layers_list = _get(self.base, self.arch.layers)
         L = len(self.layers_list)
         self.layers = sorted(set(int(i) for i in layers))
         assert self.layers and all(0 <= i < L for i in self.layers), f"layers {self.layers} not in [0, {L})"
-        assert read_layer is None or 0 <= read_layer <= self.layers[0], (
-            f"read_layer={read_layer} must lie in [0, first chosen layer {self.layers[0]}]")
+        assert read_layer is None or read_layer == FINAL or 0 <= read_layer <= self.layers[0], (
+            f"read_layer={read_layer} must be '{FINAL}' or lie in [0, first chosen layer {self.layers[0]}]")
         self.read_layer = read_layer
         self.generator = generator
         self.state: _State | None = None
@@ -343,12 +347,14 @@ class _Injector:
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None):
+    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None, reads=None):
         """Hooks act inside this block. instr: [B, T] instruction mask in the coordinates the backbone
         sees; soft_start: [B] first soft position (soft prompts); tenant: [B] long index into
-        `tenant_generators` (multi-tenant batches), None for the single `generator`."""
+        `tenant_generators` (multi-tenant batches), None for the single `generator`; reads: generator
+        inputs computed before the call ({FINAL: [B, T, d]} for read_layer=FINAL)."""
         assert self.state is None, "injector already active (nested calls are not supported)"
         self.state = _State(instr, soft_start, tenant, tenant_generators)
+        self.state.reads.update(reads or {})
         try:
             yield self.state
         finally:
@@ -400,7 +406,11 @@ class _Injector:
         return out
 
     def _source(self, st: _State, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden if self.read_layer is None else st.reads[self.read_layer]
+        if self.read_layer is None:
+            return hidden
+        src = st.reads[self.read_layer]
+        extra = hidden.shape[1] - src.shape[1]  # no-cache decode steps re-run prompt + new tokens
+        return torch.nn.functional.pad(src, (0, 0, 0, extra)) if extra > 0 else src
 
     def _register_layer_hooks(self, wanted: set[int], fn) -> None:
         for i in sorted(wanted):
@@ -415,12 +425,12 @@ class SoftPromptInjector(_Injector):
     chosen one do not see the inserted positions (masked keys); layers after a chosen one propagate them
     like ordinary tokens until the next chosen layer replaces them. At decode they live in the KV cache."""
 
-    def __init__(self, model, layers, n_tokens: int, generator: Generator, read_layer: int | None = None):
+    def __init__(self, model, layers, n_tokens: int, generator: Generator, read_layer: int | str | None = None):
         super().__init__(model, layers, generator, read_layer)
         assert n_tokens > 0, "n_tokens must be positive"
         self.n = n_tokens
         wanted = set(self.layers) | set(range(self.layers[0]))
-        if read_layer is not None:
+        if isinstance(read_layer, int):
             wanted.add(read_layer)
         self._register_layer_hooks(wanted, self._layer_pre)
 
@@ -480,12 +490,12 @@ class ScalingInjector(_Injector):
     V' = l_v * V, U' = l_u * U; PARADE-3 also l_k, l_gate). The generator returns [B, 1, sum(dims)],
     split in TARGETS order. Vectors are generated at prefill and kept per row for decode steps."""
 
-    def __init__(self, model, layers, targets: Sequence[str], generator: Generator, read_layer: int | None = None):
+    def __init__(self, model, layers, targets: Sequence[str], generator: Generator, read_layer: int | str | None = None):
         super().__init__(model, layers, generator, read_layer)
         self.dims = scaling_dims(model, targets)
         self.width = sum(self.dims.values())
         self._cur: dict[int, dict[str, torch.Tensor]] = {}
-        wanted = set(self.layers) | ({read_layer} if read_layer is not None else set())
+        wanted = set(self.layers) | ({read_layer} if isinstance(read_layer, int) else set())
         self._register_layer_hooks(wanted, self._layer_pre)
         # modules to hook, each with its assembly recipe: [(target or None, size)], permutation or None
         self._recipes: dict[str, tuple[str, list, torch.Tensor | None]] = {}
@@ -579,8 +589,8 @@ class ScalingInjector(_Injector):
         return None if m is None else (args[0] * m, *args[1:])
 
     @contextlib.contextmanager
-    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None):
-        with super().active(instr, soft_start, tenant, tenant_generators) as st:
+    def active(self, instr, soft_start=None, tenant=None, tenant_generators=None, reads=None):
+        with super().active(instr, soft_start, tenant, tenant_generators, reads) as st:
             try:
                 yield st
             finally:
