@@ -8,7 +8,11 @@
     3.6     every L_s layers share MLP_down, MLP_up and g; each layer keeps its own pooler
     4.3     l_sp = 4, m = 256, L_s = 4; Appendix B/F: activation coefficients on dev batches, lr 1e-6
 
-On LLaMA-2 7B these settings give 16.8M tunable parameters (paper: 8.4M; docs/deviations-blocks.md).
+On LLaMA-2 7B these settings give 16.8M tunable parameters (paper: 8.4M). `method.tie_up_down=true`
+(W_up = W_down^T) reproduces 8.4M and keeps IAPT-2/IAPT-3 "comparable" (docs/deviations.md).
+Ablations (Table 7) are overrides: IAPT-1 pooler=mean; IAPT-2 share_every=16 bottleneck=1024; IAPT-3
+share_every=1 bottleneck=64; IAPT-4/5 activation=gelu/relu; IAPT-6 activation=[relu,gelu];
+IAPT-7 activation=[gelu,relu] (lower half, upper half of the layers).
 Soft-token placement, positions and caching: docs/deviations-injectors.md.
 
     python run.py method=iapt method.bottleneck=128
@@ -31,16 +35,21 @@ class IaptConfig(MethodConfig):
     bottleneck: int = 256
     share_every: int = 4
     pooler: str = "attention"
-    activation: str = "rational"
+    activation: Any = "rational"
     layers: Any = "all"
     position: str = "prepend"
+    tie_up_down: bool = False
     bilevel: bool = True
     arch_lr: float = 1e-6
+
+
+def _names(activation):
+    return activation if isinstance(activation, str) else [str(a) for a in activation]
 
 
 @register_method("iapt", IaptConfig, size_knob="bottleneck")
 def build(model, cfg: IaptConfig):
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
-                           activation=cfg.activation)
+                           activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down)
     return build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
                         position=cfg.position, generator_factory=factory)

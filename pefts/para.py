@@ -5,7 +5,8 @@
               (found by mask, any padding side); split into l_q, l_v, l_u; generated once at prefill
     4.3       r = 12, g = GeLU, W_down ~ N(0, 0.02), W_up = 0, b_up = 1 (starts as the frozen model)
 
-On LLaMA-2 7B: 9.56M tunable parameters with b_up (paper: 8.9M without it; docs/deviations-blocks.md).
+On LLaMA-2 7B: 9.56M tunable parameters with b_up (paper: 8.9M without it; docs/deviations.md);
+`method.up_bias_trainable=false` keeps b_up = 1 constant and reproduces the paper's count.
 
     python run.py method=para method.bottleneck=24
 """
@@ -27,12 +28,14 @@ class ParaConfig(MethodConfig):
     activation: str = "gelu"
     targets: list[str] = field(default_factory=lambda: ["q", "v", "up"])
     layers: Any = "all"
+    up_bias_trainable: bool = True
 
 
 @register_method("para", ParaConfig, size_knob="bottleneck")
 def build(model, cfg: ParaConfig):
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler="last", pool_first=True,
                            activation=cfg.activation, down_bias=False, init="zero_up_ones_bias",
+        up_bias_trainable=cfg.up_bias_trainable,
                            init_dist="normal")
     return build_family(model, injector="scaling", layers=cfg.layers, targets=tuple(cfg.targets),
                         generator_factory=factory)

@@ -8,7 +8,12 @@
               frozen model); ablation PARADE-3 adds l_k and l_gate (targets: [q, k, v, gate, up])
 
 On LLaMA-2 7B: 9.57M tunable parameters with b_up (paper: 8.9M, which leaves b_up out;
-docs/deviations-blocks.md). GQA: l_k, l_v have num_key_value_heads * head_dim entries.
+docs/deviations.md; `method.up_bias_trainable=false` keeps b_up = 1
+constant and reproduces the paper's count). GQA: l_k, l_v have num_key_value_heads * head_dim entries.
+
+Ablations (Table 6) are overrides: PARADE-1 pooler=last; PARADE-2 routing_init=uniform (Zhang et al.
+2018's capsules, one iteration); PARADE-3 targets=[q,k,v,gate,up] bottleneck=8; PARADE-4 targets=[q,v]
+bottleneck=24 (with up_bias_trainable=false they give the paper's 9.8M and 9.4M).
 
     python run.py method=parade method.targets=[q,k,v,gate,up] method.bottleneck=8
 """
@@ -27,18 +32,23 @@ from pefts.registry import MethodConfig, register_method
 class ParadeConfig(MethodConfig):
     name: str = "parade"
     bottleneck: int = 12
+    pooler: str = "capsule"
+    routing_init: str = "attention"
     num_capsules: int = 4
     routing_iters: int = 1
     activation: str = "gelu"
     targets: list[str] = field(default_factory=lambda: ["q", "v", "up"])
     layers: Any = "all"
+    up_bias_trainable: bool = True
 
 
 @register_method("parade", ParadeConfig, size_knob="bottleneck")
 def build(model, cfg: ParadeConfig):
     factory = bank_factory(
-        share_every=1, bottleneck=cfg.bottleneck, pooler="capsule",
-        pooler_kwargs=dict(num_capsules=cfg.num_capsules, routing_iters=cfg.routing_iters),
-        activation=cfg.activation, down_bias=False, init="zero_up_ones_bias", init_dist="uniform")
+        share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
+        pooler_kwargs=dict(num_capsules=cfg.num_capsules, routing_iters=cfg.routing_iters,
+                           routing_init=cfg.routing_init) if cfg.pooler == "capsule" else None,
+        activation=cfg.activation, down_bias=False, init="zero_up_ones_bias",
+        up_bias_trainable=cfg.up_bias_trainable, init_dist="uniform")
     return build_family(model, injector="scaling", layers=cfg.layers, targets=tuple(cfg.targets),
                         generator_factory=factory)

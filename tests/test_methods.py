@@ -17,6 +17,7 @@ import os
 import pytest
 import torch
 
+from pefts.blocks.adapters import PromptInserter
 from pefts.io import load_peft, save_peft
 from pefts.registry import METHODS, build_method
 from runners.backbones import load_backbone
@@ -157,3 +158,17 @@ def test_save_load_roundtrip(name, tmp_path):
         load_peft(fresh, path)
         got = fresh(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6, msg=lambda m: f"{name}: reloaded outputs differ: {m}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_soft_prompt_refusals(name):
+    """Soft-prompt methods refuse what they cannot do, with a clear error (never wrong tokens)."""
+    _, model, tok = build(name, perturb=False)
+    if not isinstance(getattr(model, "peft_prompt", None), PromptInserter):
+        pytest.skip(f"{name} has no placeholder soft prompt")
+    ids, mask, _ = batch(tok, "left", with_labels=False)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, repetition_penalty=1.3,
+                       pad_token_id=tok.pad_token_id)
+    with pytest.raises(ValueError, match="inputs_embeds"):
+        model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask)

@@ -60,6 +60,20 @@ def init_generator_(
         up.bias.fill_(1.0)
 
 
+class TiedUp(nn.Module):
+    """An up-projection that reuses a down-projection's weight, transposed (W_up = W_down^T), with its own
+    optional bias. IAPT's reproducing reading of its 8.4M budget (docs/deviations.md)."""
+
+    def __init__(self, down: nn.Linear, bias: bool = True):
+        super().__init__()
+        self.down = [down]  # a plain list: the weight belongs to (and is counted with) the down-projection
+        self.in_features, self.out_features = down.out_features, down.in_features
+        self.bias = nn.Parameter(torch.zeros(down.in_features, device=down.weight.device)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.down[0].weight.t(), self.bias)
+
+
 class Generator(nn.Module):
     """down -> pooler -> activation -> up (pool_first=False) or pooler -> down -> activation -> up.
 
@@ -187,7 +201,13 @@ class GeneratorBank(nn.Module):
         init_dist: str = "normal",
         out_activation: str | None = None,
         layer_ids: Sequence[int] | None = None,
+        tie_up_down: bool = False,
+        up_bias_trainable: bool = True,
     ):
+        """Beyond `build_generator`'s arguments: `activation` may be a list of names that splits the layers
+        into that many equal consecutive parts (IAPT-6: [relu, gelu] = ReLU in the lower half, GeLU in the
+        upper); `tie_up_down` makes W_up = W_down^T (needs out_dim == in_dim, one token per pooled vector);
+        `up_bias_trainable=False` keeps b_up at its init (ones for 'zero_up_ones_bias') as a constant."""
         super().__init__()
         assert num_layers > 0, f"num_layers must be positive, got {num_layers}"
         assert share_every > 0, f"share_every (L_s) must be positive, got {share_every}"
@@ -198,15 +218,28 @@ class GeneratorBank(nn.Module):
         )
         self._position = {lid: pos for pos, lid in enumerate(self.layer_ids)}
         pk = _pooler_kwargs(pooler, pooler_kwargs, n_tokens)
+        acts = [activation] if isinstance(activation, str) else list(activation)
+        assert acts, "activation list is empty"
         gens = []
         for layer in range(num_layers):
             pool = make_pooler(pooler, in_dim if pool_first else bottleneck, **pk)
+            part = layer * len(acts) // num_layers  # which activation part this layer belongs to
             if layer % share_every == 0:  # first layer of a new group: fresh shared parts
+                last = min(layer + share_every, num_layers) - 1
+                assert last * len(acts) // num_layers == part, (
+                    f"share_every={share_every} groups straddle the {len(acts)} activation parts {acts}")
                 down = nn.Linear(in_dim, bottleneck, bias=down_bias)
                 up_width = out_dim if pool.n_out == n_tokens else n_tokens * out_dim
-                up = nn.Linear(bottleneck, up_width, bias=up_bias)
-                init_generator_(down, up, init, init_std, init_dist)
-                act = make_activation(activation, **(activation_kwargs or {}))
+                if tie_up_down:
+                    assert up_width == in_dim, f"tie_up_down needs up width {up_width} == in_dim {in_dim}"
+                    assert init == "default", "tie_up_down works with init='default' only"
+                    up = TiedUp(down, bias=up_bias)
+                else:
+                    up = nn.Linear(bottleneck, up_width, bias=up_bias)
+                    init_generator_(down, up, init, init_std, init_dist)
+                if up.bias is not None and not up_bias_trainable:
+                    up.bias.requires_grad_(False)
+                act = make_activation(acts[part], **(activation_kwargs or {}))
                 out_act = None if out_activation is None else make_activation(out_activation)
             gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act))
         self.generators = nn.ModuleList(gens)

@@ -122,6 +122,8 @@ class CapsulePooler(nn.Module):
     c_k^T h'_j mixes widths d_cap and dim (see docs/deviations-blocks.md). Output: the K capsules
     concatenated, [B, 1, K * d_cap]; d_cap defaults to dim // K (PARADE: d_cap = d / K).
     init: W^cap and v ~ Uniform with mean 0 and std `init_std` (PARADE section 4.3 gives this for W^cap).
+    routing_init: "attention" (eq. 9, PARADE) or "uniform": routing logits start at 0 and there is no v_k
+    (the dynamic-routing capsule pooler of Zhang et al. 2018, PARADE's ablation PARADE-2).
     """
 
     n_out = 1
@@ -134,8 +136,11 @@ class CapsulePooler(nn.Module):
         routing_iters: int = 1,
         init_std: float = 0.02,
         eps: float = 1e-8,
+        routing_init: str = "attention",
     ):
         super().__init__()
+        assert routing_init in ("attention", "uniform"), (
+            f"routing_init must be 'attention' or 'uniform', got '{routing_init}'")
         capsule_dim = dim // num_capsules if capsule_dim is None else capsule_dim
         assert num_capsules > 0 and capsule_dim > 0, (
             f"need num_capsules, capsule_dim > 0, got {num_capsules}, {capsule_dim}"
@@ -149,10 +154,12 @@ class CapsulePooler(nn.Module):
         )
         self.out_dim = num_capsules * capsule_dim
         self.weight = nn.Parameter(torch.empty(num_capsules, dim, capsule_dim))  # W_k^cap
-        self.routing_query = nn.Parameter(torch.empty(num_capsules, dim))  # v_k
         bound = init_std * math.sqrt(3.0)  # Uniform(-b, b) has std b / sqrt(3)
         nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.routing_query, -bound, bound)
+        self.routing_query = None
+        if routing_init == "attention":
+            self.routing_query = nn.Parameter(torch.empty(num_capsules, dim))  # v_k
+            nn.init.uniform_(self.routing_query, -bound, bound)
 
     def squash(self, s: torch.Tensor) -> torch.Tensor:
         """|s|^2 / (1 + |s|^2) * s / |s| along the last dim (eq. 8), safe at s = 0."""
@@ -161,9 +168,12 @@ class CapsulePooler(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x, m = _prepare(x, mask)
-        w, v = self.weight.to(x.dtype), self.routing_query.to(x.dtype)
+        w = self.weight.to(x.dtype)
         pred = torch.einsum("btd,kdc->btkc", x, w)  # m_{j->k}: [B, T, K, d_cap]
-        logits = torch.einsum("btd,kd->btk", x, v)  # [B, T, K]
+        if self.routing_query is None:  # dynamic routing: uniform coupling to start
+            logits = pred.new_zeros(pred.shape[:3])
+        else:
+            logits = torch.einsum("btd,kd->btk", x, self.routing_query.to(x.dtype))  # [B, T, K]
         valid = m[..., None]  # [B, T, 1]
         caps = None
         for step in range(self.routing_iters + 1):
