@@ -36,6 +36,7 @@ class IaptConfig(MethodConfig):
     share_every: int = 4
     pooler: str = "attention"
     activation: Any = "rational"
+    init: str = "zero_up"
     layers: Any = "all"
     position: str = "prepend"
     tie_up_down: bool = False
@@ -50,6 +51,6 @@ def _names(activation):
 @register_method("iapt", IaptConfig, size_knob="bottleneck")
 def build(model, cfg: IaptConfig):
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
-                           activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down)
+                           activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init)
     return build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
                         position=cfg.position, generator_factory=factory)

@@ -31,12 +31,13 @@ class IdpgConfig(MethodConfig):
     bottleneck: int = 1024
     pooler: str = "mean"
     activation: str = "relu"
+    init: str = "zero_up"
     position: str = "prepend"
 
 
 @register_method("idpg", IdpgConfig, size_knob="bottleneck")
 def build(model, cfg: IdpgConfig):
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler, pool_first=True,
-                           activation=cfg.activation)
+                           activation=cfg.activation, init=cfg.init)
     return build_family(model, injector="soft_prompt", layers=[0], n_tokens=cfg.n_tokens, position=cfg.position,
                         generator_factory=factory, read_layer=FINAL)

@@ -28,6 +28,7 @@ class LptConfig(MethodConfig):
     bottleneck: int = 1024
     pooler: str = "mean"
     activation: str = "relu"
+    init: str = "zero_up"
     layer: int | None = None
     position: str | None = None
 
@@ -36,6 +37,6 @@ class LptConfig(MethodConfig):
 def build(model, cfg: LptConfig):
     m = len(layer_list(model)) // 2 if cfg.layer is None else cfg.layer
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler, pool_first=True,
-                           activation=cfg.activation)
+                           activation=cfg.activation, init=cfg.init)
     return build_family(model, injector="soft_prompt", layers=[m], n_tokens=cfg.n_tokens, position=cfg.position,
                         generator_factory=factory)

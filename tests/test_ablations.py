@@ -52,7 +52,7 @@ def llama(*overrides):
 
 
 @pytest.mark.parametrize("overrides, paper", [
-    (("method=iapt", "method.tie_up_down=true"), 8.4e6),
+    (("method=iapt", "method.tie_up_down=true", "method.init=default"), 8.4e6),
     (("method=parade", "method.up_bias_trainable=false"), 8.9e6),
     (("method=para", "method.up_bias_trainable=false"), 8.9e6),
     (("method=parade", "method.up_bias_trainable=false", "method.targets=[q,k,v,gate,up]", "method.bottleneck=8"), 9.8e6),

@@ -29,7 +29,7 @@ from torch import nn
 from pefts.blocks.activations import Rational, make_activation
 from pefts.blocks.poolers import make_pooler
 
-INIT_MODES = ("default", "zero_up_ones_bias")
+INIT_MODES = ("default", "zero_up", "zero_up_ones_bias")
 
 
 def init_generator_(
@@ -37,13 +37,20 @@ def init_generator_(
 ) -> None:
     """Initialise a generator's projections in place.
 
-    'default': leave nn.Linear's own init. 'zero_up_ones_bias' (PARA section 4.3, PARADE section 4.3):
+    'default': leave nn.Linear's own init. 'zero_up': W_up = 0, b_up = 0 (soft tokens start as zero
+    vectors). 'zero_up_ones_bias' (PARA section 4.3, PARADE section 4.3):
     W_down ~ `dist` with mean 0 and std `std` ('normal': PARA; 'uniform': PARADE), down bias 0,
     W_up = 0 and b_up = 1, so a scaling-vector generator outputs exactly ones at step 0 and the
     model equals its frozen backbone."""
     if mode not in INIT_MODES:
         raise ValueError(f"unknown generator init {mode!r}; valid options: {', '.join(INIT_MODES)}")
     if mode == "default":
+        return
+    if mode == "zero_up":  # generated soft tokens start as zero vectors: the backbone is barely disturbed
+        with torch.no_grad():
+            up.weight.zero_()
+            if up.bias is not None:
+                up.bias.zero_()
         return
     assert up.bias is not None, "init 'zero_up_ones_bias' needs the up-projection bias (up_bias=True)"
     with torch.no_grad():
@@ -232,7 +239,8 @@ class GeneratorBank(nn.Module):
                 up_width = out_dim if pool.n_out == n_tokens else n_tokens * out_dim
                 if tie_up_down:
                     assert up_width == in_dim, f"tie_up_down needs up width {up_width} == in_dim {in_dim}"
-                    assert init == "default", "tie_up_down works with init='default' only"
+                    assert init == "default", (
+                        f"tie_up_down needs init='default' (init='{init}' would zero the shared W_down too)")
                     up = TiedUp(down, bias=up_bias)
                 else:
                     up = nn.Linear(bottleneck, up_width, bias=up_bias)
