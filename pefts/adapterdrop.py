@@ -2,7 +2,7 @@
 
 Static AdapterDrop (the adapters of the lowest `drop_layers` blocks are never added), on top of the
 Houlsby adapters of iapt.txt Appendix F (bottleneck 18 on attention and FFN). Table 1 gives 9.2M, between
-dropping one block (9,397,340) and two (9,094,200); we drop two (ratio 0.989; docs/deviations-baselines.md).
+dropping one block (9,397,340) and two (9,094,200); we drop two (ratio 0.989; docs/deviations.md).
 On LLaMA-2 7B: 30 x 2 x (2 x 4096 x 18 + 18 + 4096) = 9,094,200.
 
     python run.py method=adapterdrop method.drop_layers=5

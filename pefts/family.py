@@ -15,7 +15,7 @@ can share one batch:
 Generator factory contract: `factory(in_features=d, out_features=o, n_tokens=n, layers=(...)) -> nn.Module`
 whose call is `gen(layer_idx, hidden[B, T, d], instruction_mask[B, T]) -> [B, n, o]`; for soft prompts
 o = d and n = n_tokens, for scaling vectors n = 1 and o = sum of `scaling_dims(model, targets)`.
-Machinery: pefts/blocks/injectors.py; interpretations: docs/deviations-injectors.md.
+Machinery: pefts/blocks/injectors.py; interpretations: docs/deviations.md.
 """
 
 from __future__ import annotations

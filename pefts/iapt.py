@@ -13,7 +13,7 @@ On LLaMA-2 7B these settings give 16.8M tunable parameters (paper: 8.4M). `metho
 Ablations (Table 7) are overrides: IAPT-1 pooler=mean; IAPT-2 share_every=16 bottleneck=1024; IAPT-3
 share_every=1 bottleneck=64; IAPT-4/5 activation=gelu/relu; IAPT-6 activation=[relu,gelu];
 IAPT-7 activation=[gelu,relu] (lower half, upper half of the layers).
-Soft-token placement, positions and caching: docs/deviations-injectors.md.
+Soft-token placement, positions and caching: docs/deviations.md.
 
     python run.py method=iapt method.bottleneck=128
 """

@@ -6,8 +6,8 @@ prepended at a single layer m.
     eq. 2   S = resize(ReLU(W_up ReLU(W_down A))) -> t soft tokens, prepended to layer m's input
     3.1     t = 10; Figure 2 / Appendix A: middle layers work best (m searched; default here L // 2)
 
-c = 34 reproduces the paper's parameter counts with t = 10 (docs/deviations-blocks.md). Below m the
-inserted positions are invisible; at m they are replaced by S (docs/deviations-injectors.md).
+c = 34 reproduces the paper's parameter counts with t = 10 (docs/deviations.md). Below m the
+inserted positions are invisible; at m they are replaced by S (docs/deviations.md).
 
     python run.py method=idspam method.layer=6
 """

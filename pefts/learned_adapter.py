@@ -7,7 +7,7 @@ Each layer's bottleneck activation is a softmax(alpha)-weighted mixture of candi
 the model's `architecture_parameters()`: with `bilevel: true` the runner updates them on dev batches
 (first-order DARTS, runners/bilevel.py) at `arch_lr`, the adapters on training batches. Unlike the
 paper, the soft mixture is kept at inference (no discretization and re-training) and the placement is
-fixed by Appendix F rather than searched (docs/deviations-baselines.md).
+fixed by Appendix F rather than searched (docs/deviations.md).
 On LLaMA-2 7B: 32 x (2 x 4096 x 36 + 36 + 4096 + 5) = 9,569,568 (Table 1: 9.5M).
 
     python run.py method=learned_adapter method.bottleneck=32

@@ -6,7 +6,7 @@ generated from the hidden states entering one intermediate layer m and prepended
     layer       the middle layer by default (LPT and id-spam.txt Appendix A: middle layers work best)
 
 Pooling over instruction tokens found by mask, not LPT's last-token indexing that assumes right padding
-(docs/deviations-injectors.md). The pooler (LPT offers average or max pooling) is configurable.
+(docs/deviations.md). The pooler (LPT offers average or max pooling) is configurable.
 
     python run.py method=lpt method.layer=12 method.pooler=max
 """

@@ -3,7 +3,7 @@
 Own implementation (pefts/blocks/adapters.py `PrefixKV` + `install_prefix_attention`), not
 `peft.PrefixTuningConfig`: with peft 0.21.2 + transformers 5.23 prefix tuning's `generate` fails
 ("size of tensor a (46) must match ... b (26)") and a left-padded forward differs from the row alone
-(docs/deviations-baselines.md). Here the prefix is added inside the attention function, after the KV
+(docs/deviations.md). Here the prefix is added inside the attention function, after the KV
 cache update, so caches, beam reordering and padding need no special handling.
 
 Parameters: L x 2 x n x kv_dim. iapt.txt Appendix F: 64 tokens per layer, which on LLaMA-2 7B is

@@ -3,7 +3,7 @@
 Own implementation (pefts/blocks/adapters.py `PromptInserter` + `SoftPrompt`), not `peft.PromptTuningConfig`:
 peft 0.21.2 puts the virtual tokens before the left padding, so a left-padded row sees its prompt at a
 different relative (RoPE) distance than the same row alone (max logit gap 7e-3 on the tiny backbone;
-docs/deviations-baselines.md). Here the prompt goes right before each row's first real token.
+docs/deviations.md). Here the prompt goes right before each row's first real token.
 Parameters: n x d (10 x 4096 = 40,960 on LLaMA-2 7B).
 
     python run.py method=prompt_tuning method.num_virtual_tokens=20

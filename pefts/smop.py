@@ -4,7 +4,7 @@ that sends each input to one of them (top-1), from the mean of its instruction t
 The router scores softmax(W x_mean + noise); noise ~ N(0, router_noise^2) in training mode only
 (SMoP's router perturbation). The chosen prompt enters with the straight-through weight p_k / p_k
 (value 1, gradient of p_k), so the router learns while the prompt keeps its scale (our choice where
-the paper's weighting is not restated here; docs/deviations-baselines.md). Defaults: K = 4 prompts of
+the paper's weighting is not restated here; docs/deviations.md). Defaults: K = 4 prompts of
 5 tokens. LLaMA-2 7B: 4 x 5 x 4096 + 4096 x 4 = 98,304.
 
     python run.py method=smop method.num_prompts=8

@@ -8,7 +8,7 @@ deep prompt tuning with fresh prompts per layer; at 0, plain prompt tuning. Gate
 sigmoid(gate_init). The gate logits are the model's `architecture_parameters()`: with `bilevel: true`
 the runner updates them on dev batches (first-order DARTS, runners/bilevel.py) at `arch_lr`. Unlike
 the paper, the gates stay soft at inference (no layer selection and re-training;
-docs/deviations-baselines.md). Not usable with gradient checkpointing (the layer hooks need the
+docs/deviations.md). Not usable with gradient checkpointing (the layer hooks need the
 placeholder positions of the current call; they raise when the recomputation lacks them).
 LLaMA-2 7B with n = 10: 32 x 10 x 4096 + 31 = 1,310,751.
 

@@ -394,7 +394,7 @@ def test_bank_layer_ids_factory_and_architecture_parameters():
 
 
 def test_paper_parameter_arithmetic_on_llama2_7b():
-    """The counts in docs/deviations-blocks.md (LLaMA-2 7B: L = 32, d = 4096, d_ffn = 11008)."""
+    """The counts in docs/deviations.md (LLaMA-2 7B: L = 32, d = 4096, d_ffn = 11008)."""
     with torch.device("meta"):
         parade = build_generator(
             4096, 12, 2 * 4096 + 11008, pooler="capsule", pooler_kwargs=dict(num_capsules=4), down_bias=False

@@ -6,7 +6,7 @@ IAPT (iapt.txt eq. 3) learns the generator's activation as a rational function o
 
 initialised "by approximating the GeLU activation function" (section 4.3). The paper publishes no
 coefficients, so `scripts/fit_rational.py` fits them here (exact erf-GELU, range [-8, 8]; see
-docs/deviations-blocks.md). A degree-(6, 5) rational cannot follow GELU at both infinities (for large
+docs/deviations.md). A degree-(6, 5) rational cannot follow GELU at both infinities (for large
 |x| it grows like c*|x| or tends to a constant), so beyond the fitted range `Rational` continues as the
 straight line tangent to R at the range's edge (value and slope of the *current*, learned R, so the
 extension is learned too and gradients reach every a_j, b_i). Inside the range it is exactly eq. 3.

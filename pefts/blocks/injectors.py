@@ -23,7 +23,7 @@ only inside `with injector.active(...)`; `pefts/family.py` wraps all this into a
     with inj.active(lay.instr, soft_start=lay.start):
         out = model(input_ids=lay.input_ids, attention_mask=lay.attention_mask, position_ids=lay.position_ids)
 
-Interpretations (positions of soft tokens, beams, masks) are recorded in docs/deviations-injectors.md.
+Interpretations (positions of soft tokens, beams, masks) are recorded in docs/deviations.md.
 """
 
 from __future__ import annotations

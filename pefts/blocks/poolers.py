@@ -119,7 +119,7 @@ class CapsulePooler(nn.Module):
       eq. 10  logits_{j,k} += c_k^T m_{j->k}; n = Softmax_j(logits); recompute s_k, c_k
     `routing_iters` (default 1, the paper's "one iteration step") repeats eq. 10. The agreement term
     uses the prediction m_{j->k} (width d_cap), as in dynamic routing (Sabour et al. 2017): the paper's
-    c_k^T h'_j mixes widths d_cap and dim (see docs/deviations-blocks.md). Output: the K capsules
+    c_k^T h'_j mixes widths d_cap and dim (see docs/deviations.md). Output: the K capsules
     concatenated, [B, 1, K * d_cap]; d_cap defaults to dim // K (PARADE: d_cap = d / K).
     init: W^cap and v ~ Uniform with mean 0 and std `init_std` (PARADE section 4.3 gives this for W^cap).
     routing_init: "attention" (eq. 9, PARADE) or "uniform": routing logits start at 0 and there is no v_k
@@ -191,7 +191,7 @@ class SelfAttentionMeanPooler(nn.Module):
     restricted to instruction tokens), then the mean of its outputs over the instruction tokens.
     dim: width of E (ID-SPAM applies it to the input embeddings, before any down-projection);
     attn_dim: d_k (default dim); out_dim: width of W_V's output (default dim). The paper's parameter
-    counts fit W_Q, W_K, W_V in R^{dim x dim} without biases (docs/deviations-blocks.md), hence the
+    counts fit W_Q, W_K, W_V in R^{dim x dim} without biases (docs/deviations.md), hence the
     defaults. Weights use nn.Linear's default init (the paper does not give one). Output [B, 1, out_dim].
     """
 
