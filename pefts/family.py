@@ -121,9 +121,13 @@ class FamilyModel(nn.Module):
             state = {k[cut:]: v for k, v in state.items()}
         gen = copy.deepcopy(self.generators["default"])
         missing, unexpected = gen.load_state_dict(state, strict=False)
-        frozen = {n for n, p in gen.named_parameters() if not p.requires_grad} | {n for n, _ in gen.named_buffers()}
-        assert not unexpected and set(missing) <= frozen, (
-            f"tenant '{name}': unexpected keys {unexpected[:5]}, missing trainable keys {sorted(set(missing) - frozen)[:5]}")
+        # shared (cross-layer) modules appear once in a saved state but under every layer's name in the
+        # module: a missing key is fine when it is frozen, a buffer, or an alias of a loaded tensor
+        params = dict(gen.named_parameters(remove_duplicate=False))
+        loaded = {id(params[k]) for k in state if k in params}
+        real = [k for k in missing if k in params and params[k].requires_grad and id(params[k]) not in loaded]
+        assert not unexpected and not real, (
+            f"tenant '{name}': unexpected keys {unexpected[:5]}, missing trainable keys {real[:5]}")
         for p in gen.parameters():
             p.requires_grad_(False)
         self.generators[name] = gen

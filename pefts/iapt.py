@@ -50,6 +50,9 @@ def _names(activation):
 
 @register_method("iapt", IaptConfig, size_knob="bottleneck")
 def build(model, cfg: IaptConfig):
+    if cfg.init == "zero_up" and cfg.layers != "all":
+        raise ValueError(f"method.init=zero_up needs method.layers=all (got {cfg.layers}): zero soft tokens that "
+                         "pass through later layers give NaN gradients; use method.init=default")
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
                            activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init)
     return build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,

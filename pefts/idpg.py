@@ -31,7 +31,7 @@ class IdpgConfig(MethodConfig):
     bottleneck: int = 1024
     pooler: str = "mean"
     activation: str = "relu"
-    init: str = "zero_up"
+    init: str = "default"
     position: str = "prepend"
 
 

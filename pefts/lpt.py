@@ -28,7 +28,7 @@ class LptConfig(MethodConfig):
     bottleneck: int = 1024
     pooler: str = "mean"
     activation: str = "relu"
-    init: str = "zero_up"
+    init: str = "default"
     layer: int | None = None
     position: str | None = None
 

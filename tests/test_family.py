@@ -481,3 +481,54 @@ def test_idpg_reads_the_frozen_models_last_hidden_states():
     (hidden, instr), = seen
     got = hidden[0][instr[0].bool()]
     assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- presets: tenants, identity
+FAMILY_PRESETS = ["iapt", "parade", "para", "idspam", "lpt", "idpg"]
+
+
+def preset(name, perturb_seed):
+    """A preset on tiny with its trainable parameters set randomly (so a test cannot pass by identity)."""
+    from pefts.registry import build_method
+    from tests.conftest import compose
+
+    fam = build_method(backbone("tiny"), compose(f"method={name}").method).eval()
+    g = torch.Generator().manual_seed(perturb_seed)
+    with torch.no_grad():
+        for p in fam.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return fam
+
+
+@pytest.mark.parametrize("name", FAMILY_PRESETS)
+def test_preset_mixed_tenants_equal_each_tenant_alone(name, tmp_path):
+    fam, other = preset(name, 1), preset(name, 2)
+    save_peft(other, str(tmp_path / "b.safetensors"))
+    fam.add_tenant("b", str(tmp_path / "b.safetensors"))
+    ids, mask = prompts(B=3, vocab=fam.config.vocab_size)
+    tenants = ["b", "default", "b"]
+    with torch.no_grad():
+        mixed = fam(input_ids=ids, attention_mask=mask, tenant_ids=tenants).logits
+        kw = dict(max_new_tokens=3, num_beams=3, **GEN)
+        gen_mixed = fam.generate(input_ids=ids, attention_mask=mask, tenant_ids=tenants, **kw).sequences
+        for t, ref in (("default", fam), ("b", other)):
+            rows = [i for i, x in enumerate(tenants) if x == t]
+            torch.testing.assert_close(mixed[rows], ref(input_ids=ids[rows], attention_mask=mask[rows]).logits,
+                                       atol=1e-5, rtol=1e-5)
+            assert torch.equal(gen_mixed[rows], ref.generate(input_ids=ids[rows], attention_mask=mask[rows],
+                                                             **kw).sequences)
+        assert not torch.allclose(mixed[1], other(input_ids=ids[1:2], attention_mask=mask[1:2]).logits[0])
+
+
+@pytest.mark.parametrize("name", ["parade", "para"])
+def test_scaling_presets_equal_the_frozen_backbone_at_init(name):
+    from pefts.registry import build_method
+    from tests.conftest import compose
+
+    model = backbone("tiny")
+    ids, mask = prompts(vocab=model.config.vocab_size)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        fam = build_method(model, compose(f"method={name}").method)
+        torch.testing.assert_close(fam(input_ids=ids, attention_mask=mask).logits, ref, atol=1e-6, rtol=1e-6)
