@@ -26,7 +26,8 @@ def test_every_option_composes(group):
 
 def test_default_config_is_the_offline_main_job():
     cfg = compose(debug=False)
-    assert (cfg.backbone.name, cfg.task.name, cfg.runner.name) == ("smollm2-135m", "synth-compare", "offline")
+    assert (cfg.backbone.name, cfg.method.name, cfg.task.name, cfg.runner.name) == (
+        "smollm2-135m", "iapt", "synth-compare", "offline")
 
 
 def test_typo_in_override_fails_with_the_key():

@@ -127,8 +127,8 @@ def test_smollm2_lora_learns_the_synthetic_task(tmp_results):
     """Real pretrained backbone: dev loss falls and test accuracy beats the untrained model (~2 min)."""
     from runners.train import run
 
-    rec = run(compose("logger=none", "runner.max_steps=20", "runner.eval_steps=10", "runner.max_test_examples=32",
-                      debug=False))
+    rec = run(compose("method=lora", "logger=none", "runner.max_steps=20", "runner.eval_steps=10",
+                      "runner.max_test_examples=32", debug=False))
     dev = [p["dev_loss"] for p in rec["curve"]["dev"]]
     assert dev[-1] < 0.5 * dev[0], dev
     zero = json.loads((tmp_results / "smollm2-135m" / "synth-compare" / "zero-shot" / "seed0.json").read_text())
