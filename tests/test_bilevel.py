@@ -14,7 +14,7 @@ from tests.conftest import compose
 
 
 def setup(tmp_path):
-    cfg = compose("task=synth-compare", "method.dropout=0.0")
+    cfg = compose("method=lora", "task=synth-compare", "method.dropout=0.0")
     torch.manual_seed(0)
     model, tok = load_backbone(cfg.backbone)
     for p in model.parameters():

@@ -12,7 +12,7 @@ import pytest
 from runners import results as R
 from tests.conftest import ROOT, compose, shared_data
 
-FAST = ("task=synth-compare", "runner.max_train_examples=16", "runner.max_steps=4", "runner.eval_steps=2")
+FAST = ("method=lora", "task=synth-compare", "runner.max_train_examples=16", "runner.max_steps=4", "runner.eval_steps=2")
 
 
 def run_cfg(*overrides):
