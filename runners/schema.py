@@ -57,6 +57,7 @@ class RunnerConfig:
     deepspeed: str | None = None
     gradient_checkpointing: bool = False
     logging_steps: int = 10
+    save_peft: bool = True
     num_threads: int | None = None
     cache_dir: str = "${oc.env:HARNESS_CACHE,${oc.env:HOME}/.cache/peft-harness}"
 

@@ -19,6 +19,7 @@ import time
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from pefts.io import save_peft
 from pefts.registry import build_method
 from runners import results as R
 from runners.backbones import load_backbone
@@ -277,6 +278,9 @@ def run(cfg) -> dict:
     if wandb_dir:
         record["wandb_dir"] = wandb_dir
     if is_main:
+        if runner.save_peft:  # the best dev state, loadable onto a fresh backbone with pefts.io.load_peft
+            save_peft(model, path.replace(".json", ".peft.safetensors"))
+            record["peft_weights"] = os.path.basename(path.replace(".json", ".peft.safetensors"))
         R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
         R.write_json(path, record)
     log.info("wrote %s (%s, %.0f s)", path, metrics, record["wall_time_s"])

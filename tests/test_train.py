@@ -35,6 +35,14 @@ def test_run_writes_a_complete_record(tmp_results):
     assert on_disk["split_sizes"] == {"train": 16, "dev": 8, "test": 8}
     preds = [json.loads(line) for line in (path.parent / "seed0.predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and set(preds[0]) == {"id", "prompt", "prediction", "reference"}
+    # the trained module alone, reloadable onto a fresh backbone
+    from pefts.io import load_peft
+    from pefts.registry import build_method
+    from runners.backbones import load_backbone
+
+    cfg = compose(*FAST, "seed=0")
+    fresh = build_method(load_backbone(cfg.backbone)[0], cfg.method)
+    load_peft(fresh, str(path.parent / on_disk["peft_weights"]))
 
 
 def test_finished_run_is_skipped_without_training(tmp_results, monkeypatch):
@@ -79,7 +87,8 @@ def test_cli_seed_range_then_aggregate_then_skip(tmp_path):
     first = cli(*args, env_extra=env)
     assert first.returncode == 0, first.stderr[-2000:]
     files = sorted(os.listdir(tmp_path / "runs" / "tiny" / "synth-compare" / "lora"))
-    assert files == ["seed0.json", "seed0.predictions.jsonl", "seed1.json", "seed1.predictions.jsonl"]
+    assert files == ["seed0.json", "seed0.peft.safetensors", "seed0.predictions.jsonl",
+                     "seed1.json", "seed1.peft.safetensors", "seed1.predictions.jsonl"]
     assert "| tiny | synth-compare | lora | acc |" in first.stdout and "| 2 |" in first.stdout
     again = cli(*args, env_extra=env)
     assert again.returncode == 0 and again.stdout.count("skipped (exists)") == 2
