@@ -158,21 +158,12 @@ def build_generator(
     The pooler works at width `bottleneck` (pool_first=False) or `in_dim` (pool_first=True); the
     'attention' pooler gets n_queries=n_tokens unless given. The up-projection maps to out_dim per
     pooled vector, or to n_tokens * out_dim when the pooler gives a single vector."""
-    pk = _pooler_kwargs(pooler, pooler_kwargs, n_tokens)
-    pool = make_pooler(pooler, in_dim if pool_first else bottleneck, **pk)
-    down = nn.Linear(in_dim, bottleneck, bias=down_bias)
-    up_width = out_dim if pool.n_out == n_tokens else n_tokens * out_dim
-    up = nn.Linear(bottleneck, up_width, bias=up_bias)
-    init_generator_(down, up, init, init_std, init_dist)
-    return Generator(
-        down,
-        pool,
-        make_activation(activation, **(activation_kwargs or {})),
-        up,
-        pool_first=pool_first,
-        n_tokens=n_tokens,
-        out_activation=None if out_activation is None else make_activation(out_activation),
-    )
+    bank = GeneratorBank(1, share_every=1, in_dim=in_dim, bottleneck=bottleneck, out_dim=out_dim, n_tokens=n_tokens,
+                         pooler=pooler, pooler_kwargs=pooler_kwargs, activation=activation,
+                         activation_kwargs=activation_kwargs, pool_first=pool_first, down_bias=down_bias,
+                         up_bias=up_bias, init=init, init_std=init_std, init_dist=init_dist,
+                         out_activation=out_activation)
+    return bank.generators[0]
 
 
 class GeneratorBank(nn.Module):
