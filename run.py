@@ -25,10 +25,10 @@ warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import core.schema  # noqa: E402,F401  (registers schemas)
 import pefts  # noqa: E402,F401  (registers methods)
-import runners.schema  # noqa: E402,F401  (registers schemas)
 import tasks  # noqa: E402,F401  (registers tasks)
-from runners.errors import UserError, exit_on_user_error, one_line  # noqa: E402
+from core.errors import UserError, exit_on_user_error, one_line  # noqa: E402
 from runners.sweep import expand_argv  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")

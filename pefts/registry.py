@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runners.registry import Registry
+from core.registry import Registry
 
 METHODS = Registry("method")
 

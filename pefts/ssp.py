@@ -252,8 +252,8 @@ def main(argv: list[str]) -> None:
 
     from hydra import compose, initialize_config_dir
 
+    import core.schema  # noqa: F401
     import pefts  # noqa: F401
-    import runners.schema  # noqa: F401
     import tasks  # noqa: F401
     from scripts.params import count
 

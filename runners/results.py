@@ -18,7 +18,7 @@ from importlib import metadata
 
 from omegaconf import OmegaConf
 
-from runners.errors import UserError
+from core.errors import UserError
 
 SCHEMA_VERSION = 1
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).

@@ -16,9 +16,7 @@ import json
 import os
 import sys
 
-from runners.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from core.errors import UserError
 
 
 def read_predictions(path: str) -> list[dict]:
@@ -53,14 +51,11 @@ def references_of(row: dict, path: str, n: int) -> list[str]:
 
 
 def compose_task(overrides: list[str]):
-    """The task config composed with Hydra (as run.py / scripts/params.py do)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import pefts  # noqa: F401  (registers methods: the top-level config names one)
-    import runners.schema  # noqa: F401
-    import tasks  # noqa: F401
+    """The task config composed with Hydra (as run.py does), loading the task registry only."""
+    from core.config import compose, load_registries
     from tasks.registry import TASKS
+
+    load_registries(("tasks",))
 
     for o in overrides:
         key, _, value = o.partition("=")
@@ -68,9 +63,7 @@ def compose_task(overrides: list[str]):
             TASKS.get(value)  # unknown name -> RegistryError naming the valid ones and the closest
     if not any(o.startswith("task=") for o in overrides):
         raise UserError(f"task= is required; valid: {', '.join(TASKS.names())}")
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-        return compose(config_name="config", overrides=["logger=none", *overrides])
+    return compose(["logger=none", *overrides], load=("tasks",))
 
 
 def score_file(overrides: list[str], predictions: str) -> dict[str, float]:
@@ -122,6 +115,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from runners.errors import exit_on_user_error
+    from core.errors import exit_on_user_error
 
     exit_on_user_error(main, sys.argv[1:])

@@ -19,13 +19,13 @@ import time
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from core.errors import UserError
 from pefts.io import save_peft
 from pefts.registry import build_method
 from runners import results as R
 from runners.backbones import load_backbone
 from runners.bilevel import BilevelCallback, make_optimizer
 from runners.data import TrainCollator, encode_train, prompt_batches
-from runners.errors import UserError
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)

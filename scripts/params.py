@@ -69,13 +69,7 @@ def count_with(cfg, knob, value):
 
 
 def main(argv: list[str]) -> None:
-    import os
-
-    from hydra import compose, initialize_config_dir
-
-    import pefts  # noqa: F401
-    import runners.schema  # noqa: F401
-    import tasks  # noqa: F401
+    from core.config import compose
 
     target = None
     overrides = []
@@ -84,13 +78,11 @@ def main(argv: list[str]) -> None:
             target = float(a.split("=", 1)[1])
         else:
             overrides.append(a)
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose(config_name="config", overrides=["logger=none", *overrides])
+    cfg = compose(["logger=none", *overrides])
     print(json.dumps(fit_target(cfg, target) if target is not None else count(cfg)))
 
 
 if __name__ == "__main__":
-    from runners.errors import exit_on_user_error
+    from core.errors import exit_on_user_error
 
     exit_on_user_error(main, sys.argv[1:])

@@ -28,13 +28,10 @@ def parse(argv: list[str]) -> dict[str, str]:
 def prefetch_backbone(name: str) -> str:
     """Snapshot of the backbone's hub weights and tokenizer; returns the local folder."""
     from huggingface_hub import snapshot_download
-    from hydra import compose, initialize_config_dir
 
-    import runners.schema  # noqa: F401
+    from core.config import compose
 
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base=None):
-        b = compose(config_name="config", overrides=["logger=none", f"backbone={name}"]).backbone
+    b = compose(["logger=none", f"backbone={name}"], load=()).backbone
     if not b.hub_id:
         raise ValueError(f"backbone '{name}' has no hub_id (source={b.source}): nothing to download")
     return snapshot_download(b.hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "tokenizer*"])
@@ -44,17 +41,17 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.get("cache_dir"):
         os.environ["HF_HOME"] = os.path.abspath(os.path.expanduser(args["cache_dir"]))  # before datasets loads
-    from omegaconf import OmegaConf
+    from core.config import compose, load_registries
+    from tasks.registry import TASKS, build_task
 
-    import tasks  # noqa: F401
-    from tasks.registry import TASKS
+    load_registries(("tasks",))
 
     names = args["tasks"].split(",") if args.get("tasks") else [n for n in TASKS.names() if n != "synth-compare"]
     failed = 0
     for name in names:
-        entry = TASKS.get(name)
-        try:
-            splits = entry.obj(OmegaConf.structured(entry.schema)).splits(None)
+        TASKS.get(name)  # an unknown name fails here, with the valid ones
+        try:  # the task's YAML composed over its schema, as run.py sees it
+            splits = build_task(compose(["logger=none", f"task={name}"], load=("tasks",)).task).splits(None)
             print(f"{name}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items()), flush=True)
         except Exception as e:  # report every task, then fail
             failed += 1
@@ -65,6 +62,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from runners.errors import exit_on_user_error
+    from core.errors import exit_on_user_error
 
     raise SystemExit(exit_on_user_error(main, sys.argv[1:]))

@@ -15,13 +15,7 @@ import time
 
 
 def main(argv: list[str]) -> None:
-    import os
-
-    from hydra import compose, initialize_config_dir
-
-    import pefts  # noqa: F401
-    import runners.schema  # noqa: F401
-    import tasks  # noqa: F401
+    from core.config import compose, load_registries
     from pefts.registry import METHODS
     from runners.train import run
 
@@ -34,7 +28,7 @@ def main(argv: list[str]) -> None:
             opts[k] = v
         else:
             extra.append(a)
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+    load_registries()
     scratch = tempfile.mkdtemp(prefix="smoke-")
     print("| method | trainable | dev loss (step 0) | dev loss (last) | steps | wall s |")
     print("|---|---|---|---|---|---|")
@@ -46,8 +40,7 @@ def main(argv: list[str]) -> None:
                      "runner.max_dev_examples=16", "runner.max_train_examples=64", *extra]
         if opts["data_dir"]:
             overrides.append(f"data_dir={opts['data_dir']}")
-        with initialize_config_dir(config_dir=conf, version_base=None):
-            cfg = compose(config_name="config", overrides=overrides)
+        cfg = compose(overrides)
         t0 = time.time()
         try:
             rec = run(cfg)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runners.registry import Registry
+from core.registry import Registry
 
 TASKS = Registry("task")
 

@@ -15,22 +15,16 @@ SHARED_DATA = os.path.abspath(os.path.join(ROOT, "..", "shared", "data"))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import pefts  # noqa: E402,F401  (registers methods)
-import runners.schema  # noqa: E402,F401  (registers schemas)
-import tasks  # noqa: E402,F401  (registers tasks)
+from core import config  # noqa: E402
+
+config.load_registries()
 
 DEBUG = ("backbone=tiny", "runner=debug", "logger=none")
 
 
 def compose(*overrides: str, debug: bool = True):
     """The resolved run config for these overrides (tiny backbone and debug runner unless debug=False)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base=None):
-        return hydra_compose(config_name="config", overrides=[*(DEBUG if debug else ()), *overrides])
+    return config.compose([*(DEBUG if debug else ()), *overrides])
 
 
 def shared_data(*parts: str) -> str:

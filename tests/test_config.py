@@ -53,8 +53,8 @@ def test_task_registry_matches_yaml():
 
 
 def test_registry_suggests_closest_name():
+    from core.registry import RegistryError
     from pefts.registry import METHODS
-    from runners.registry import RegistryError
 
     with pytest.raises(RegistryError, match="Did you mean 'lora'"):
         METHODS.get("lorra")

@@ -7,10 +7,10 @@ import os
 
 import pytest
 
+from core.errors import UserError
 from runners import results as R
 from runners.aggregate import load_records, summarize
 from runners.aggregate import main as aggregate_main
-from runners.errors import UserError
 from tests.conftest import compose
 
 

@@ -364,7 +364,7 @@ def test_score_cli_bad_input_exits_2_with_one_line(tmp_path):
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown task 'sqad'" in lines[0] and "squad" in lines[0] and "valid:" in lines[0]
-    from runners.errors import exit_on_user_error
+    from core.errors import exit_on_user_error
     from runners.score import main
 
     path.write_text('{"id": "a", "prediction": "x", "reference": 3}\n')

@@ -59,7 +59,7 @@ def test_finished_run_is_skipped_without_training(tmp_results, monkeypatch):
 
 
 def test_changed_config_without_variant_is_an_error(tmp_results):
-    from runners.errors import UserError
+    from core.errors import UserError
 
     run_cfg("seed=2")
     with pytest.raises(UserError, match="different config"):

@@ -7,7 +7,7 @@ import sys
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from runners.registry import RegistryError
+from core.registry import RegistryError
 
 USER_ERRORS = (RegistryError, HydraException, OmegaConfBaseException, FileNotFoundError, ValueError)
 
