@@ -6,11 +6,10 @@ budget pruned during fine-tuning (target_r = 4 on average). The tensors allocate
 pruning, the kept triplets (rank 4 on average) amount to 9,995,136, Table 1's 10.0M.
 
 AdaLoRA needs the training length (`total_step`) and a call of `update_and_allocate(step)` after
-each optimizer step, before the gradients are zeroed. The returned model carries
-`model.trainer_callbacks(**kw) -> [AdaLoraSchedule]`, a `transformers.TrainerCallback` that sets
-`total_step` (and tinit/tfinal from their fractions) from the Trainer's `max_steps` at train begin and
-calls `update_and_allocate` in `on_optimizer_step`. A runner without that hook must do both itself;
-`method.total_step` is only the fallback used at construction.
+each optimizer step, before the gradients are zeroed. The builder's `MethodBuild` carries an
+`AdaLoraSchedule` callback (a `transformers.TrainerCallback`) that sets `total_step` (and tinit/tfinal
+from their fractions) from the Trainer's `max_steps` at train begin and calls `update_and_allocate` in
+`on_optimizer_step`; `method.total_step` is only the fallback used at construction.
 
     python run.py method=adalora method.init_r=12
 """
@@ -19,7 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pefts.registry import MethodConfig, register_method
+from transformers import TrainerCallback
+
+from pefts.registry import Budget, MethodBuild, MethodConfig, register_method
 
 
 @dataclass
@@ -49,24 +50,23 @@ def schedule(cfg: AdaLoraConfig, total_step: int) -> dict:
     return {"total_step": total_step, "tinit": tinit, "tfinal": tfinal}
 
 
-def adalora_schedule_callback(model, cfg: AdaLoraConfig):
-    from transformers import TrainerCallback
+class AdaLoraSchedule(TrainerCallback):
+    """Sets AdaLoRA's schedule from the Trainer and prunes ranks after every optimizer step."""
 
-    class AdaLoraSchedule(TrainerCallback):
-        """Sets AdaLoRA's schedule from the Trainer and prunes ranks after every optimizer step."""
+    def __init__(self, model, cfg: AdaLoraConfig):
+        self.model, self.cfg = model, cfg
 
-        def on_train_begin(self, args, state, control, **kw):
-            conf = model.peft_config["default"]
-            for k, v in schedule(cfg, state.max_steps).items():
-                setattr(conf, k, v)
+    def on_train_begin(self, args, state, control, **kw):
+        conf = self.model.peft_config["default"]
+        for k, v in schedule(self.cfg, state.max_steps).items():
+            setattr(conf, k, v)
 
-        def on_optimizer_step(self, args, state, control, **kw):
-            model.base_model.update_and_allocate(state.global_step)
-
-    return AdaLoraSchedule()
+    def on_optimizer_step(self, args, state, control, **kw):
+        self.model.base_model.update_and_allocate(state.global_step)
 
 
-@register_method("adalora", AdaLoraConfig, size_knob="init_r")
+@register_method("adalora", AdaLoraConfig, size_knob="init_r",
+                 budget=Budget(pinned=19_990_272, paper=10.0e6, reachable=False))
 def build(model, cfg: AdaLoraConfig):
     import peft
 
@@ -86,5 +86,4 @@ def build(model, cfg: AdaLoraConfig):
         **schedule(cfg, cfg.total_step),
     )
     peft_model = peft.get_peft_model(model, config)
-    peft_model.trainer_callbacks = lambda **kw: [adalora_schedule_callback(peft_model, cfg)]
-    return peft_model
+    return MethodBuild(peft_model, callbacks=[AdaLoraSchedule(peft_model, cfg)])

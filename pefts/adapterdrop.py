@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from pefts.blocks.adapters import freeze
 from pefts.houlsby import add_houlsby
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -25,7 +25,8 @@ class AdapterDropConfig(MethodConfig):
     drop_layers: int = 2
 
 
-@register_method("adapterdrop", AdapterDropConfig, size_knob="bottleneck")
+@register_method("adapterdrop", AdapterDropConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_094_200, paper=9.2e6))
 def build(model, cfg: AdapterDropConfig):
     freeze(model)
     add_houlsby(model, cfg.bottleneck, cfg.activation, skip_layers=cfg.drop_layers)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pefts.blocks.adapters import LinearBias, freeze, named_linears
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -36,7 +36,7 @@ def add_biases(model, targets: list[str], dim: int | None) -> None:
         lin.register_forward_hook(child.hook)
 
 
-@register_method("bitfit", BitFitConfig, size_knob=None)
+@register_method("bitfit", BitFitConfig, size_knob=None, budget=Budget(pinned=1_359_872))
 def build(model, cfg: BitFitConfig):
     freeze(model)
     add_biases(model, list(cfg.target_modules), None)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pefts.bitfit import LLAMA_LINEARS, add_biases
 from pefts.blocks.adapters import freeze
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -25,7 +25,8 @@ class BitFitProjConfig(MethodConfig):
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
 
 
-@register_method("bitfit_proj", BitFitProjConfig, size_knob="dim")
+@register_method("bitfit_proj", BitFitProjConfig, size_knob="dim",
+                 budget=Budget(pinned=10_880_768, paper=10.9e6))
 def build(model, cfg: BitFitProjConfig):
     assert cfg.dim >= 1, f"bitfit_proj dim must be >= 1, got {cfg.dim}"
     freeze(model)

@@ -8,9 +8,8 @@ instruction token of the row; tokens past s are left as they are), the prompt si
 (m = 60, r = 30, s = 256: as many parameters as 100 prompt tokens at d = 768). A ~ N(0, 1/r),
 B = 0, so the update starts at zero. LLaMA-2 7B: 60 x 4096 + 256 x 30 + 30 x 4096 = 376,320.
 
-Separate learning rates: the returned model has `model.optimizer_param_groups(base_lr)`, the hook
-runners/bilevel.py `make_optimizer` uses: one group for the low-rank pair at method.lowrank_lr, one for
-the prompt at method.prompt_lr (base_lr when null). A runner without that hook trains both at runner.lr.
+Separate learning rates: the builder's `MethodBuild.param_groups` has one group for the low-rank pair
+at method.lowrank_lr and one for the prompt at method.prompt_lr (runner.lr when null).
 
     python run.py method=dept method.rank=45 method.lowrank_lr=5e-4
 """
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze, new_param, vocab_init
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodBuild, MethodConfig, ParamGroup, register_method
 
 
 class DecomposedPrompt(nn.Module):
@@ -58,7 +57,7 @@ class DeptConfig(MethodConfig):
     prompt_lr: float | None = None
 
 
-@register_method("dept", DeptConfig, size_knob="rank")
+@register_method("dept", DeptConfig, size_knob="rank", budget=Budget(pinned=376_320))
 def build(model, cfg: DeptConfig):
     assert cfg.rank >= 1 and cfg.max_positions >= 1, "dept needs rank >= 1 and max_positions >= 1"
     freeze(model)
@@ -66,13 +65,7 @@ def build(model, cfg: DeptConfig):
     source = DecomposedPrompt(cfg.num_virtual_tokens, model.config.hidden_size, cfg.max_positions, cfg.rank, ref,
                               init_from=vocab_init(model, cfg.num_virtual_tokens))
     model = PromptInserter(cfg.num_virtual_tokens, source).install(model)
-
-    def optimizer_param_groups(base_lr: float) -> list[dict]:
-        """AdamW groups: the low-rank pair at lowrank_lr, the prompt at prompt_lr (or base_lr)."""
-        lowrank = [source.lowrank_a, source.lowrank_b]
-        prompt = [p for p in source.prompt.parameters()]
-        return [{"params": [p for p in prompt if p.requires_grad], "lr": cfg.prompt_lr or base_lr},
-                {"params": [p for p in lowrank if p.requires_grad], "lr": cfg.lowrank_lr}]
-
-    model.optimizer_param_groups = optimizer_param_groups
-    return model
+    prompt = [p for p in source.prompt.parameters() if p.requires_grad]
+    lowrank = [p for p in (source.lowrank_a, source.lowrank_b) if p.requires_grad]
+    return MethodBuild(model, param_groups=[ParamGroup(prompt, lr=cfg.prompt_lr or None),
+                                            ParamGroup(lowrank, lr=cfg.lowrank_lr)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -15,7 +15,7 @@ class FullConfig(MethodConfig):
     name: str = "full"
 
 
-@register_method("full", FullConfig, size_knob=None)
+@register_method("full", FullConfig, size_knob=None, budget=Budget(pinned=6_738_415_616))
 def build(model, cfg: FullConfig):
     for p in model.parameters():
         p.requires_grad_(True)

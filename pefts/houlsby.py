@@ -24,7 +24,7 @@ from pefts.blocks.adapters import (
     freeze,
     sublayer,
 )
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -46,7 +46,8 @@ def add_houlsby(model, bottleneck: int, activation: str, skip_layers: int = 0) -
             attach_output_hook(sub, "peft_adapter", OutputAdapter(adapter))
 
 
-@register_method("houlsby", HoulsbyConfig, size_knob="bottleneck")
+@register_method("houlsby", HoulsbyConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_700_480, paper=9.4e6))
 def build(model, cfg: HoulsbyConfig):
     freeze(model)
     add_houlsby(model, cfg.bottleneck, cfg.activation)

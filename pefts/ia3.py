@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Ia3Config(MethodConfig):
     feedforward_modules: list[str] | None = None
 
 
-@register_method("ia3", Ia3Config, size_knob=None)
+@register_method("ia3", Ia3Config, size_knob=None, budget=Budget(pinned=614_400))
 def build(model, cfg: Ia3Config):
     import peft
 

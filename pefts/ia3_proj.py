@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pefts.blocks.adapters import LinearScale, freeze, named_linears
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Ia3ProjConfig(MethodConfig):
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "up_proj"])
 
 
-@register_method("ia3_proj", Ia3ProjConfig, size_knob="dim")
+@register_method("ia3_proj", Ia3ProjConfig, size_knob="dim", budget=Budget(pinned=9_831_936, paper=9.8e6))
 def build(model, cfg: Ia3ProjConfig):
     assert cfg.dim >= 1, f"ia3_proj dim must be >= 1, got {cfg.dim}"
     freeze(model)

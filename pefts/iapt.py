@@ -25,7 +25,7 @@ from typing import Any
 
 from pefts.blocks.generators import bank_factory
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, register_method
 
 
 @dataclass
@@ -48,12 +48,15 @@ def _names(activation):
     return activation if isinstance(activation, str) else [str(a) for a in activation]
 
 
-@register_method("iapt", IaptConfig, size_knob="bottleneck")
+@register_method("iapt", IaptConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=16_844_896, paper=8.4e6, reachable=False))
 def build(model, cfg: IaptConfig):
     if cfg.init == "zero_up" and cfg.layers != "all":
         raise ValueError(f"method.init=zero_up needs method.layers=all (got {cfg.layers}): zero soft tokens that "
                          "pass through later layers give NaN gradients; use method.init=default")
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
                            activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init)
-    return build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
-                        position=cfg.position, generator_factory=factory)
+    fam = build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
+                       position=cfg.position, generator_factory=factory)
+    theta = fam.architecture_parameters()  # the rational activations' a_j, b_i (none for gelu/relu)
+    return MethodBuild(fam, bilevel=Bilevel(theta, lr=cfg.arch_lr) if cfg.bilevel and theta else None)

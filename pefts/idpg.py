@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pefts.blocks.generators import bank_factory
 from pefts.blocks.injectors import FINAL
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -35,7 +35,8 @@ class IdpgConfig(MethodConfig):
     position: str = "prepend"
 
 
-@register_method("idpg", IdpgConfig, size_knob="bottleneck")
+@register_method("idpg", IdpgConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=20_988_928, paper=8.4e6, reachable=False))
 def build(model, cfg: IdpgConfig):
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler, pool_first=True,
                            activation=cfg.activation, init=cfg.init)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pefts.blocks.generators import bank_factory
 from pefts.blocks.injectors import layer_list
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -31,7 +31,8 @@ class IdSpamConfig(MethodConfig):
     position: str | None = None
 
 
-@register_method("idspam", IdSpamConfig, size_knob="bottleneck")
+@register_method("idspam", IdSpamConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=2_064_384, paper=2_064_384, backbone="roberta-base"))
 def build(model, cfg: IdSpamConfig):
     m = len(layer_list(model)) // 2 if cfg.layer is None else cfg.layer
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler="self_attention", pool_first=True,

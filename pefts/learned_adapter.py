@@ -4,8 +4,9 @@ smallest faithful version: the block-parallel adapter of iapt.txt Appendix F ("b
 
 Each layer's bottleneck activation is a softmax(alpha)-weighted mixture of candidate operations
 (relu, gelu, swish, tanh, identity), alpha (one logit per candidate) starting equal. The alphas are
-the model's `architecture_parameters()`: with `bilevel: true` the runner updates them on dev batches
-(first-order DARTS, runners/bilevel.py) at `arch_lr`, the adapters on training batches. Unlike the
+architecture parameters: with `bilevel: true` the builder declares them (`MethodBuild.bilevel`) and the
+runner updates them on dev batches (first-order DARTS, runners/bilevel.py) at `arch_lr`, the adapters on
+training batches. Unlike the
 paper, the soft mixture is kept at inference (no discretization and re-training) and the placement is
 fixed by Appendix F rather than searched (docs/deviations.md).
 On LLaMA-2 7B: 32 x (2 x 4096 x 36 + 36 + 4096 + 5) = 9,569,568 (Table 1: 9.5M).
@@ -29,7 +30,7 @@ from pefts.blocks.adapters import (
     freeze,
     new_param,
 )
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, register_method
 
 
 class MixedActivation(nn.Module):
@@ -57,7 +58,8 @@ class LearnedAdapterConfig(MethodConfig):
     arch_lr: float = 3e-4
 
 
-@register_method("learned_adapter", LearnedAdapterConfig, size_knob="bottleneck")
+@register_method("learned_adapter", LearnedAdapterConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_569_568, paper=9.5e6))
 def build(model, cfg: LearnedAdapterConfig):
     freeze(model)
     d = model.config.hidden_size
@@ -68,5 +70,4 @@ def build(model, cfg: LearnedAdapterConfig):
         alphas.append(act.alpha)
         adapter = Bottleneck(d, cfg.bottleneck, ref, activation=act, scaling=cfg.scaling)
         attach_block_hook(layer, "peft_adapter", ParallelAdapter(adapter))
-    model.architecture_parameters = lambda: list(alphas)
-    return model
+    return MethodBuild(model, bilevel=Bilevel(alphas, lr=cfg.arch_lr) if cfg.bilevel else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -23,7 +23,7 @@ class LoraConfig(MethodConfig):
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
-@register_method("lora", LoraConfig, size_knob="r")
+@register_method("lora", LoraConfig, size_knob="r", budget=Budget(pinned=9_994_240, paper=10.0e6))
 def build(model, cfg: LoraConfig):
     import peft
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -18,7 +18,7 @@ class LoraDefaultConfig(MethodConfig):
     r: int = 8
 
 
-@register_method("lora_default", LoraDefaultConfig, size_knob="r")
+@register_method("lora_default", LoraDefaultConfig, size_knob="r", budget=Budget(pinned=4_194_304))
 def build(model, cfg: LoraDefaultConfig):
     import peft
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pefts.blocks.generators import bank_factory
 from pefts.blocks.injectors import layer_list
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -33,7 +33,8 @@ class LptConfig(MethodConfig):
     position: str | None = None
 
 
-@register_method("lpt", LptConfig, size_knob="bottleneck")
+@register_method("lpt", LptConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=20_988_928, paper=8.4e6, reachable=False))
 def build(model, cfg: LptConfig):
     m = len(layer_list(model)) // 2 if cfg.layer is None else cfg.layer
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler, pool_first=True,

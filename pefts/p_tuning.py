@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -27,7 +27,8 @@ class PTuningConfig(MethodConfig):
     dim: int = 36
 
 
-@register_method("p_tuning", PTuningConfig, size_knob="dim")
+@register_method("p_tuning", PTuningConfig, size_knob="dim",
+                 budget=Budget(pinned=153_856, paper=9.4e6, reachable=False))
 def build(model, cfg: PTuningConfig):
     assert cfg.dim >= 1, f"p_tuning dim must be >= 1, got {cfg.dim}"
     freeze(model)

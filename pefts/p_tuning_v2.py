@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pefts.blocks.adapters import PrefixKV, any_weight, decoder_layers, freeze, install_prefix_attention
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -34,7 +34,8 @@ def kv_dim(config) -> int:
     return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
-@register_method("p_tuning_v2", PTuningV2Config, size_knob="num_virtual_tokens")
+@register_method("p_tuning_v2", PTuningV2Config, size_knob="num_virtual_tokens",
+                 budget=Budget(pinned=16_777_216, paper=9.4e6, reachable=False))
 def build(model, cfg: PTuningV2Config):
     freeze(model)
     layers = list(range(len(decoder_layers(model))))

@@ -18,7 +18,7 @@ from typing import Any
 
 from pefts.blocks.generators import bank_factory
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -31,7 +31,8 @@ class ParaConfig(MethodConfig):
     up_bias_trainable: bool = True
 
 
-@register_method("para", ParaConfig, size_knob="bottleneck")
+@register_method("para", ParaConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_560_064, paper=8.9e6, reachable=False))
 def build(model, cfg: ParaConfig):
     factory = bank_factory(share_every=1, bottleneck=cfg.bottleneck, pooler="last", pool_first=True,
                            activation=cfg.activation, down_bias=False, init="zero_up_ones_bias",

@@ -25,7 +25,7 @@ from typing import Any
 
 from pefts.blocks.generators import bank_factory
 from pefts.family import build_family
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -42,7 +42,8 @@ class ParadeConfig(MethodConfig):
     up_bias_trainable: bool = True
 
 
-@register_method("parade", ParadeConfig, size_knob="bottleneck")
+@register_method("parade", ParadeConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_566_208, paper=8.9e6, reachable=False))
 def build(model, cfg: ParadeConfig):
     factory = bank_factory(
         share_every=1, bottleneck=cfg.bottleneck, pooler=cfg.pooler,

@@ -22,7 +22,7 @@ from pefts.blocks.adapters import (
     decoder_layers,
     freeze,
 )
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -33,7 +33,8 @@ class ParallelAdapterConfig(MethodConfig):
     scaling: float = 4.0
 
 
-@register_method("parallel_adapter", ParallelAdapterConfig, size_knob="bottleneck")
+@register_method("parallel_adapter", ParallelAdapterConfig, size_knob="bottleneck",
+                 budget=Budget(pinned=9_569_408, paper=9.4e6))
 def build(model, cfg: ParallelAdapterConfig):
     freeze(model)
     d = model.config.hidden_size

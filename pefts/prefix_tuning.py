@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from pefts.blocks.adapters import PrefixKV, any_weight, decoder_layers, freeze, install_prefix_attention
 from pefts.p_tuning_v2 import kv_dim
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -26,7 +26,8 @@ class PrefixTuningConfig(MethodConfig):
     encoder_hidden_size: int = 512
 
 
-@register_method("prefix_tuning", PrefixTuningConfig, size_knob="encoder_hidden_size")
+@register_method("prefix_tuning", PrefixTuningConfig, size_knob="encoder_hidden_size",
+                 budget=Budget(pinned=136_839_680))
 def build(model, cfg: PrefixTuningConfig):
     freeze(model)
     layers = list(range(len(decoder_layers(model))))

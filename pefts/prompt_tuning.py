@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze, vocab_init
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
@@ -24,7 +24,8 @@ class PromptTuningConfig(MethodConfig):
     init: str = "vocab"  # vocab | normal
 
 
-@register_method("prompt_tuning", PromptTuningConfig, size_knob="num_virtual_tokens")
+@register_method("prompt_tuning", PromptTuningConfig, size_knob="num_virtual_tokens",
+                 budget=Budget(pinned=40_960))
 def build(model, cfg: PromptTuningConfig):
     assert cfg.init in ("vocab", "normal"), f"prompt_tuning init must be vocab|normal, got '{cfg.init}'"
     freeze(model)

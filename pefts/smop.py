@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pefts.blocks.adapters import PromptInserter, any_weight, freeze, mean_pool, new_param, vocab_init
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Budget, MethodConfig, register_method
 
 
 class PromptMixture(nn.Module):
@@ -53,7 +53,7 @@ class SmopConfig(MethodConfig):
     router_noise: float = 1.0
 
 
-@register_method("smop", SmopConfig, size_knob="num_prompts")
+@register_method("smop", SmopConfig, size_knob="num_prompts", budget=Budget(pinned=98_304))
 def build(model, cfg: SmopConfig):
     assert cfg.num_prompts >= 1, f"smop needs num_prompts >= 1, got {cfg.num_prompts}"
     freeze(model)

@@ -5,8 +5,9 @@ inserted through a learnable gate g_l = sigmoid(a_l):  h_prompt <- g_l P_l + (1 
 The prompt occupies `n` sequence positions (pefts/blocks/adapters.py `PromptInserter`); a forward
 pre-hook on each decoder layer rewrites those positions' hidden states. With all gates at 1 this is
 deep prompt tuning with fresh prompts per layer; at 0, plain prompt tuning. Gates start at
-sigmoid(gate_init). The gate logits are the model's `architecture_parameters()`: with `bilevel: true`
-the runner updates them on dev batches (first-order DARTS, runners/bilevel.py) at `arch_lr`. Unlike
+sigmoid(gate_init). The gate logits are architecture parameters: with `bilevel: true` the builder
+declares them (`MethodBuild.bilevel`) and the runner updates them on dev batches (first-order DARTS,
+runners/bilevel.py) at `arch_lr`; with `bilevel: false` they train jointly with the prompts. Unlike
 the paper, the gates stay soft at inference (no layer selection and re-training;
 docs/deviations.md). Not usable with gradient checkpointing (the layer hooks need the
 placeholder positions of the current call; they raise when the recomputation lacks them).
@@ -31,7 +32,7 @@ from pefts.blocks.adapters import (
     new_param,
     vocab_init,
 )
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, register_method
 
 
 class GatedLayerPrompts(nn.Module):
@@ -78,7 +79,7 @@ class SptConfig(MethodConfig):
     arch_lr: float = 3e-4
 
 
-@register_method("spt", SptConfig, size_knob="num_virtual_tokens")
+@register_method("spt", SptConfig, size_knob="num_virtual_tokens", budget=Budget(pinned=1_310_751))
 def build(model, cfg: SptConfig):
     freeze(model)
     layers = decoder_layers(model)
@@ -92,5 +93,4 @@ def build(model, cfg: SptConfig):
     inserter.add_module("layer_prompts", gated)
     for i, layer in enumerate(layers[1:], start=1):
         layer.register_forward_pre_hook(_LayerHook(inserter, gated, i), with_kwargs=True)
-    model.architecture_parameters = lambda: [gated.gate_logits]
-    return model
+    return MethodBuild(model, bilevel=Bilevel([gated.gate_logits], lr=cfg.arch_lr) if cfg.bilevel else None)

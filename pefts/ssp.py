@@ -11,12 +11,13 @@ Adapters and LNFit are left out of the space (docs/deviations.md, "ssp"). Attach
 (`SspCandidates`, child `peft_ssp` of each linear), so the backbone is untouched and the model equals
 the backbone at step 0.
 
-Schedule (the `SspSearch` TrainerCallback from `model.trainer_callbacks(...)`):
+Schedule (declared in the returned `MethodBuild`; the runner runs it):
   1. search, the first `search_frac` of the training steps: deltas train on training batches; the gate
      logits either take one AdamW step on a dev batch after every training step (`search_bilevel: true`,
-     first-order DARTS as in the paper, at `arch_lr`; the gates are then left out of the Trainer's
-     optimizer) or train jointly with the deltas (`search_bilevel: false`, no weight decay on gates).
-  2. prune, at the end of step ceil(search_frac x max_steps): candidates sorted by gate value (highest
+     first-order DARTS as in the paper, at `arch_lr`: `Bilevel(gates, until=search_frac)`, so the runner
+     leaves the gates out of the Trainer's optimizer) or train jointly with the deltas
+     (`search_bilevel: false`, a parameter group without weight decay).
+  2. prune (the `SspPrune` callback), at the end of step ceil(search_frac x max_steps): candidates sorted by gate value (highest
      first) are kept greedily while their parameter total fits `budget` (an absolute count, or a
      fraction of the search space when <= 1); the others are zeroed and masked out of the forward pass
      (no output, no gradient). The kept gates are fixed at their current values.
@@ -31,7 +32,7 @@ best-dev-state restore valid across the pruning step.
 Counts on LLaMA-2 7B (r = 8): the build-time search space (what `scripts.params` reports, like AdaLoRA's
 "allocated") is 32 x [8 x 78,080 + (4 x 4096 + 2 x 11008 + 4096) + 7 x 2] = 21,348,800; after pruning the
 kept deltas total at most `budget` = 8,600,000 (Table 1's 8.6M); both counts, on the meta device:
-`python -c "import sys, pefts.ssp as s; s.main(sys.argv[1:])" backbone=llama2-7b`.
+`python -m scripts.params backbone=llama2-7b method=ssp` (search_space, gates, budget).
 
     python run.py method=ssp method.budget=0.4 method.search_frac=0.3
 """
@@ -43,9 +44,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import TrainerCallback
 
 from pefts.blocks.adapters import freeze, named_linears, new_param
-from pefts.registry import MethodConfig, register_method
+from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, ParamGroup, register_method
 
 LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 KINDS = ("lora", "bias")  # candidate order inside each SspCandidates
@@ -172,50 +174,35 @@ def prune(model: nn.Module, budget: float) -> dict:
             "kept_modules": sum(sum(v) for v in keep.values()), "candidates": len(items)}
 
 
-def ssp_callback(model: nn.Module, cfg: SspConfig, dev_rows=None, collator=None, runner=None):
-    from transformers import TrainerCallback
+class SspPrune(TrainerCallback):
+    """Prunes the search space to `budget` at the end of step ceil(search_frac x max_steps) (at train
+    begin when that is 0). The gate search itself is the runner's bi-level loop (`Bilevel(until=
+    search_frac)` in the MethodBuild) or joint training."""
 
-    from runners.bilevel import BilevelCallback
+    def __init__(self, model: nn.Module, budget: float, search_frac: float):
+        self.model, self.budget, self.search_frac = model, budget, search_frac
+        self.prune_step: int | None = None
+        self.result: dict | None = None
 
-    class SspSearch(TrainerCallback):
-        """Gate search (bi-level dev steps or joint) for the first `search_frac` of the steps, then pruning."""
+    def _prune(self, step: int) -> None:
+        self.result = dict(prune(self.model, self.budget), step=step)
 
-        def __init__(self):
-            self.prune_step: int | None = None
-            self.result: dict | None = None
-            self.dev = None
-            if cfg.search_bilevel:
-                assert dev_rows and collator is not None, "ssp's bi-level search needs dev rows and a collator"
-                batch = runner.micro_batch_size if runner is not None else 4
-                device = str(next(model.parameters()).device)
-                self.dev = BilevelCallback(model, architecture_parameters(model), dev_rows, collator,
-                                           lr=cfg.arch_lr, batch_size=batch, seed=torch.initial_seed() % 2**31,
-                                           device=device)
+    def on_train_begin(self, args, state, control, **kw):
+        self.prune_step = math.ceil(self.search_frac * state.max_steps)
+        if self.prune_step <= 0 and self.result is None:
+            self._prune(0)
 
-        def _prune(self, step: int) -> None:
-            self.result = dict(prune(model, cfg.budget), step=step)
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.prune_step = math.ceil(cfg.search_frac * state.max_steps)
-            if self.prune_step <= 0 and self.result is None:
-                self._prune(0)
-
-        def on_step_end(self, args, state, control, **kw):
-            if self.result is not None:
-                return
-            if self.dev is not None:
-                self.dev.on_step_end(args, state, control, **kw)
-            if self.prune_step is not None and state.global_step >= self.prune_step:
-                self._prune(state.global_step)
-
-    return SspSearch()
+    def on_step_end(self, args, state, control, **kw):
+        if self.result is None and self.prune_step is not None and state.global_step >= self.prune_step:
+            self._prune(state.global_step)
 
 
 def architecture_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [c.gate_logits for c in candidates(model)]
 
 
-@register_method("ssp", SspConfig, size_knob="r")
+@register_method("ssp", SspConfig, size_knob="r",
+                 budget=Budget(pinned=21_348_800, paper=8.6e6, reachable=False))
 def build(model, cfg: SspConfig):
     assert cfg.r >= 1, f"ssp rank must be >= 1, got {cfg.r}"
     assert 0 <= cfg.search_frac <= 1, f"search_frac must be in [0, 1], got {cfg.search_frac}"
@@ -225,49 +212,15 @@ def build(model, cfg: SspConfig):
         lin.add_module("peft_ssp", child)
         lin.register_forward_hook(child.hook)
 
-    def optimizer_param_groups(base_lr: float) -> list[dict]:
-        """Deltas at base_lr; gates without weight decay, or left to the bi-level dev steps."""
-        gates = {id(p) for p in architecture_parameters(model)}
-        deltas = [p for p in model.parameters() if p.requires_grad and id(p) not in gates]
-        groups = [{"params": deltas}]
-        if not cfg.search_bilevel:
-            groups.append({"params": [p for p in architecture_parameters(model) if p.requires_grad],
-                           "weight_decay": 0.0})
-        return groups
-
-    model.architecture_parameters = lambda: architecture_parameters(model)
-    model.optimizer_param_groups = optimizer_param_groups
-    model.trainer_callbacks = lambda dev_rows=None, collator=None, runner=None, **kw: [
-        ssp_callback(model, cfg, dev_rows, collator, runner)]
-    return model
-
-
-def main(argv: list[str]) -> None:
-    """Search space and post-pruning budget of `method=ssp` on a backbone (meta device), printed as JSON.
-
-    python -c "import sys, pefts.ssp as s; s.main(sys.argv[1:])" backbone=llama2-7b method.r=8
-    """
-    import json
-    import os
-
-    from hydra import compose, initialize_config_dir
-
-    import core.schema  # noqa: F401
-    import pefts  # noqa: F401
-    import tasks  # noqa: F401
-    from scripts.params import count
-
-    conf = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-    with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose(config_name="config", overrides=["logger=none", "method=ssp", *argv])
-    from runners.backbones import build_meta
-
-    out = count(cfg)
-    model = build_meta(cfg.backbone)
-    with torch.device("meta"):
-        model = build(model, cfg.method)
+    gates = architecture_parameters(model)
+    gate_ids = {id(p) for p in gates}
+    groups = [ParamGroup([p for p in model.parameters() if p.requires_grad and id(p) not in gate_ids])]
+    if not cfg.search_bilevel:  # joint search: gates in the training optimizer, without weight decay
+        groups.append(ParamGroup([p for p in gates if p.requires_grad], weight_decay=0.0))
     space = search_space(model)
-    gates = sum(p.numel() for p in architecture_parameters(model))
-    out.update(search_space=space, gates=gates, budget=budget_params(cfg.method.budget, space))
-    print(json.dumps(out))
-
+    return MethodBuild(
+        model, param_groups=groups,
+        bilevel=Bilevel(gates, lr=cfg.arch_lr, until=cfg.search_frac) if cfg.search_bilevel else None,
+        callbacks=[SspPrune(model, cfg.budget, cfg.search_frac)],
+        facts={"search_space": space, "gates": sum(p.numel() for p in gates),
+               "budget": budget_params(cfg.budget, space)})

@@ -1,23 +1,30 @@
-"""IAPT's bi-level optimization (iapt.txt Appendix B, F), first-order DARTS style.
+"""The runner's side of the method contract (pefts/registry.py `MethodBuild`): the optimizer from a
+method's parameter groups, and IAPT's bi-level optimization (iapt.txt Appendix B, F), first-order DARTS.
 
 Ω (all trainable parameters except the architecture parameters Θ, e.g. the rational activations'
 coefficients) is updated by the Trainer's AdamW on training batches (lr 1e-4); after every Ω step, Θ takes
 one AdamW step on a dev batch with its own learning rate (1e-6). Θ is excluded from the Trainer's
-optimizer, so it moves only on dev steps. A method opts in by exposing `architecture_parameters()` and
-setting `bilevel: true` in its config; `bilevel: false` trains Θ jointly with Ω.
+optimizer, so it moves only on dev steps. A method opts in by returning `MethodBuild(bilevel=Bilevel(Θ,
+lr, until))` (IAPT, SPT and Learned-Adapter with `bilevel: true`; SSP during its search, `until =
+search_frac`); without it Θ trains jointly with Ω.
+
+    optimizer, callbacks = training_setup(build, runner, dev_rows, collator, batch_size=16, seed=0, device="cpu")
 """
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 from transformers import TrainerCallback
 
+from pefts.registry import MethodBuild, ParamGroup
+
 
 class BilevelCallback(TrainerCallback):
     def __init__(self, model, arch_params: list[torch.nn.Parameter], dev_rows: list[dict], collator,
-                 lr: float, batch_size: int, seed: int, device: str):
+                 lr: float, batch_size: int, seed: int, device: str, until: float = 1.0):
         assert arch_params, "bi-level optimization needs architecture parameters"
         assert dev_rows, "bi-level optimization needs dev rows"
         self.model, self.params, self.rows, self.collator = model, arch_params, dev_rows, collator
@@ -26,6 +33,7 @@ class BilevelCallback(TrainerCallback):
         self.rng = random.Random(seed)
         self.order: list[int] = []
         self.dev_steps = 0
+        self.until, self.last_step = until, None  # dev steps while global_step <= ceil(until x max_steps)
 
     def _next_batch(self) -> dict:
         if len(self.order) < self.batch_size:
@@ -36,7 +44,12 @@ class BilevelCallback(TrainerCallback):
         batch = self.collator([self.rows[i] for i in idx])
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def on_train_begin(self, args, state, control, **kw):
+        self.last_step = math.ceil(self.until * state.max_steps)
+
     def on_step_end(self, args, state, control, **kw):
+        if self.last_step is not None and state.global_step > self.last_step:
+            return
         was_training = self.model.training
         self.model.train()
         for p in self.params:
@@ -52,15 +65,29 @@ class BilevelCallback(TrainerCallback):
         self.model.train(was_training)
 
 
-def make_optimizer(model, runner, exclude: list[torch.nn.Parameter]):
-    """AdamW over the trainable parameters minus `exclude`, with a method's own param groups when it
-    declares `optimizer_param_groups(base_lr)` (e.g. DePT's separate embedding learning rate)."""
+def make_optimizer(model, runner, groups: list[ParamGroup] | None = None, exclude=()):
+    """AdamW over the method's parameter groups (or every trainable parameter), minus `exclude` (the
+    bi-level Θ); a group's lr / weight decay default to runner.lr / runner.weight_decay."""
     skip = {id(p) for p in exclude}
-    groups_fn = getattr(model, "optimizer_param_groups", None)
-    if callable(groups_fn):
-        groups = [dict(g, params=[p for p in g["params"] if id(p) not in skip]) for g in groups_fn(runner.lr)]
-    else:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in skip]}]
+    if groups is None:
+        groups = [ParamGroup([p for p in model.parameters() if p.requires_grad])]
+    torch_groups = []
     for g in groups:
-        g.setdefault("weight_decay", runner.weight_decay)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=runner.lr)
+        params = [p for p in g.params if id(p) not in skip]
+        if params:
+            torch_groups.append({"params": params, "lr": runner.lr if g.lr is None else g.lr,
+                                 "weight_decay": runner.weight_decay if g.weight_decay is None else g.weight_decay})
+    return torch.optim.AdamW(torch_groups, lr=runner.lr)
+
+
+def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: int, seed: int, device: str):
+    """(optimizer, callbacks) for a method: the bi-level dev steps first (so a method callback at the same
+    step, such as SSP's pruning, sees the step's Θ update), then the method's own callbacks."""
+    theta = [p for p in build.bilevel.params if p.requires_grad] if build.bilevel is not None else []
+    callbacks = []
+    if theta:
+        callbacks.append(BilevelCallback(build.model, theta, dev_rows, collator, lr=build.bilevel.lr,
+                                         batch_size=batch_size, seed=seed, device=device,
+                                         until=build.bilevel.until))
+    callbacks += list(build.callbacks)
+    return make_optimizer(build.model, runner, build.param_groups, exclude=theta), callbacks

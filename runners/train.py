@@ -21,10 +21,10 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from core.errors import UserError
 from pefts.io import save_peft
-from pefts.registry import build_method
+from pefts.registry import build_peft
 from runners import results as R
 from runners.backbones import load_backbone
-from runners.bilevel import BilevelCallback, make_optimizer
+from runners.bilevel import training_setup
 from runners.data import TrainCollator, encode_train, prompt_batches
 from tasks.registry import build_task
 
@@ -205,7 +205,8 @@ def run(cfg) -> dict:
             return zs
 
     set_seed(cfg.seed)  # method initialization depends on the seed only
-    model = build_method(model, cfg.method).to(device)
+    built = build_peft(model, cfg.method)
+    model = built.model.to(device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if trainable == 0:
@@ -236,18 +237,10 @@ def run(cfg) -> dict:
             disable_tqdm=True,
         )
         collator = TrainCollator(tok.pad_token_id)
-        callbacks = [best]
-        extra = getattr(model, "trainer_callbacks", None)  # method-specific (e.g. AdaLoRA's rank allocation)
-        if callable(extra):
-            callbacks += extra(dev_rows=dev_rows, collator=collator, runner=runner, total_steps=total_steps)
-        arch = []
-        if cfg.method.get("bilevel", False) and callable(getattr(model, "architecture_parameters", None)):
-            arch = [p for p in model.architecture_parameters() if p.requires_grad]
-            callbacks.append(BilevelCallback(model, arch, dev_rows, collator, lr=cfg.method.arch_lr,
-                                             batch_size=micro, seed=cfg.seed, device=device))
-        optimizer = make_optimizer(model, runner, exclude=arch)
+        optimizer, method_callbacks = training_setup(built, runner, dev_rows, collator, batch_size=micro,
+                                                     seed=cfg.seed, device=device)
         trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
-                          data_collator=collator, callbacks=callbacks, optimizers=(optimizer, None))
+                          data_collator=collator, callbacks=[best, *method_callbacks], optimizers=(optimizer, None))
         trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
         trainer.evaluate()  # step-0 dev loss: the start of the curve
         trainer.train()

@@ -3,7 +3,8 @@
     python -m scripts.params backbone=llama2-7b method=lora
     python -m scripts.params backbone=llama2-7b method=lora target=8.4e6     # size knob closest to 8.4M
 
-Prints one JSON object: backbone, method, trainable, total (and knob/value/target with target=).
+Prints one JSON object: backbone, method, trainable, total, the counts a method reports itself (SSP:
+search_space, gates, budget), and knob/value/target with target=.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 def count(cfg) -> dict:
     """Parameter counts of `cfg.method` applied to `cfg.backbone` on the meta device."""
-    from pefts.registry import build_method
+    from pefts.registry import build_peft
     from runners.backbones import build_meta
 
     torch.manual_seed(0)
@@ -24,10 +25,11 @@ def count(cfg) -> dict:
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.device("meta"):
-        model = build_method(model, cfg.method)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"backbone": cfg.backbone.name, "method": cfg.method.name, "trainable": trainable, "total": total}
+        built = build_peft(model, cfg.method)
+    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in built.model.parameters())
+    return {"backbone": cfg.backbone.name, "method": cfg.method.name, "trainable": trainable, "total": total,
+            **built.facts}
 
 
 def fit_target(cfg, target: float, lo: int = 1, hi: int = 1 << 16) -> dict:

@@ -9,9 +9,9 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from pefts import ssp
 from pefts.io import load_peft, save_peft
-from pefts.registry import build_method
+from pefts.registry import build_peft
 from runners.backbones import load_backbone
-from runners.bilevel import make_optimizer
+from runners.bilevel import BilevelCallback, training_setup
 from runners.data import TrainCollator, encode_train
 from tasks.registry import build_task
 from tests.conftest import compose
@@ -24,13 +24,15 @@ def build(*overrides: str, seed: int = 0, perturb: bool = True):
     torch.manual_seed(0)
     model, tok = load_backbone(cfg.backbone)
     torch.manual_seed(seed)
-    model = build_method(model, cfg.method)
+    built = build_peft(model, cfg.method)
+    model = built.model
     if perturb:  # nonzero deltas and distinct gates, so the gate order and the outputs mean something
         gen = torch.Generator().manual_seed(100 + seed)
         with torch.no_grad():
             for p in model.parameters():
                 if p.requires_grad:
                     p.add_(torch.randn(p.shape, generator=gen) * 0.5)
+    build.last = built  # the MethodBuild of the latest build (callbacks, groups, bi-level spec)
     return cfg, model, tok
 
 
@@ -115,12 +117,11 @@ def test_callback_prunes_at_search_end(tmp_path, bilevel):
     rows = encode_train(ex["train"][:12], tok, "plain", 64)
     dev = encode_train(ex["dev"][:8], tok, "plain", 64)
     collator = TrainCollator(tok.pad_token_id)
-    cbs = model.trainer_callbacks(dev_rows=dev, collator=collator, runner=cfg.runner, total_steps=3)
+    opt, cbs = training_setup(build.last, cfg.runner, dev, collator, batch_size=4, seed=0, device="cpu")
     spy = Spy(model)
     gates0 = torch.stack([c.gate_logits.detach().clone() for c in ssp.candidates(model)])
-    opt = make_optimizer(model, cfg.runner, exclude=[])
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-    gate_ids = {id(p) for p in model.architecture_parameters()}
+    gate_ids = {id(p) for p in ssp.architecture_parameters(model)}
     assert bool(gate_ids & in_opt) == (not bilevel), "gates are in the Trainer's optimizer only when joint"
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, report_to="none",
                              use_cpu=True, save_strategy="no", remove_unused_columns=False, disable_tqdm=True,
@@ -137,10 +138,11 @@ def test_callback_prunes_at_search_end(tmp_path, bilevel):
                       callbacks=[*cbs, spy, AtPrune()], optimizers=(opt, None))
     trainer.train()
     assert spy.searching == [(1, True), (2, False), (3, False)], spy.searching  # ceil(0.5 x 3) = 2
-    search = cbs[0]
+    search = next(c for c in cbs if isinstance(c, ssp.SspPrune))
     assert search.result["step"] == 2 and 0 < search.result["kept"] <= search.result["budget"]
     if bilevel:
-        assert search.dev.dev_steps == 2, "one dev step per search step"
+        dev_steps = next(c for c in cbs if isinstance(c, BilevelCallback))
+        assert dev_steps.dev_steps == 2, "one dev step per search step"
     mods = ssp.candidates(model)
     gates1 = torch.stack([c.gate_logits.detach() for c in mods])
     assert not torch.equal(gates0, gates1), "the gates did not move during the search"
