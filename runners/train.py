@@ -199,7 +199,7 @@ def run(cfg) -> dict:
         p.requires_grad_(False)
     model.to(device)
     if runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
-        zs = zero_shot(cfg, model, tok, splits, device, config, getattr(task, "protocol", "paper"))
+        zs = zero_shot(cfg, model, tok, splits, device, config, task.protocol)
         log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
         if eval_only:
             return zs
@@ -263,7 +263,7 @@ def run(cfg) -> dict:
         "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total},
         "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
         "curve": {"train": _log_curve(history), "dev": best.dev_curve},
-        "split_sizes": sizes, "protocol": getattr(task, "protocol", "paper"),
+        "split_sizes": sizes, "protocol": task.protocol,
         "steps": trainer.state.global_step, "effective_batch_size": batch,
     }
     R.validate_record(record)

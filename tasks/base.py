@@ -51,6 +51,7 @@ class Task:
 
     labels: list[str] | None = None
     small_threshold = 10_000  # Appendix C: below this many training rows, halve validation
+    protocol: str = "paper"  # which split rule made `splits()` (tasks/common.py PAPER / CARVED); stored in records
 
     def __init__(self, cfg):
         self.cfg = cfg
