@@ -8,6 +8,12 @@ optimizer, so it moves only on dev steps. A method opts in by returning `MethodB
 lr, until))` (IAPT, SPT and Learned-Adapter with `bilevel: true`; SSP during its search, `until =
 search_frac`); without it Θ trains jointly with Ω.
 
+Θ is frozen (`requires_grad=False`) from the start of every training step to its end, so the Trainer's
+backward never computes Θ's gradients and its gradient-norm clipping sees Ω's alone (with Θ trainable,
+|g_Θ| of 1e3-1e4 against |g_Ω| of 8-98 on SmolLM2, as measured in issue #9, scaled Ω's update by 1e-4 at every step). The dev step
+asks autograd for Θ's gradients only, so Ω's `.grad` is never touched there. Between steps (evaluation,
+the best-state copy, saving) Θ is trainable again, so it is kept and saved with the other PEFT weights.
+
     optimizer, callbacks = training_setup(build, runner, dev_rows, collator, batch_size=16, seed=0, device="cpu")
 """
 
@@ -44,10 +50,18 @@ class BilevelCallback(TrainerCallback):
         batch = self.collator([self.rows[i] for i in idx])
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _trainable(self, flag: bool) -> None:
+        for p in self.params:
+            p.requires_grad_(flag)
+
     def on_train_begin(self, args, state, control, **kw):
         self.last_step = math.ceil(self.until * state.max_steps)
 
+    def on_step_begin(self, args, state, control, **kw):
+        self._trainable(False)  # the training step's backward and clipping see Ω alone
+
     def on_step_end(self, args, state, control, **kw):
+        self._trainable(True)
         if self.last_step is not None and state.global_step > self.last_step:
             return
         was_training = self.model.training

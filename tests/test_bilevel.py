@@ -71,3 +71,31 @@ def test_optimizer_excludes_theta():
     lin = torch.nn.Linear(2, 2)
     opt = make_optimizer(lin, cfg.runner, exclude=[lin.bias])
     assert [p for g in opt.param_groups for p in g["params"]] == [lin.weight]
+
+
+def test_train_steps_neither_compute_nor_clip_theta_gradients(tmp_path):
+    """iapt.txt Appendix B: Ω's steps use train batches only. Θ's gradients must not exist when the Trainer
+    clips and steps (they would enter the gradient-norm clipping and shrink Ω's update), and Θ must be
+    trainable again between steps, so the best-state copy and save_peft keep it."""
+    from transformers import TrainerCallback
+
+    model, tok, theta, omega, rows, dev, args, cfg = setup(tmp_path)
+    collator = TrainCollator(tok.pad_token_id)
+    cb = BilevelCallback(model, theta, dev, collator, lr=1e-2, batch_size=4, seed=0, device="cpu")
+    seen = {"theta_grads": [], "omega_grads": [], "theta_trainable_after": []}
+
+    class AtOptimizerStep(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, **kw):  # after clipping, before AdamW
+            seen["theta_grads"].append(any(p.grad is not None for p in theta))
+            seen["omega_grads"].append(all(p.grad is not None for p in omega))
+
+        def on_step_end(self, args, state, control, **kw):  # runs after the bi-level callback
+            seen["theta_trainable_after"].append(all(p.requires_grad for p in theta))
+
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator,
+                      callbacks=[cb, AtOptimizerStep()],
+                      optimizers=(make_optimizer(model, cfg.runner, exclude=theta), None))
+    trainer.train()
+    assert seen["theta_grads"] == [False, False], "Θ got gradients from train batches (and entered the clipping)"
+    assert seen["omega_grads"] == [True, True]
+    assert seen["theta_trainable_after"] == [True, True] and cb.dev_steps == 2
