@@ -10,6 +10,8 @@ import re
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp", "--config-dir",
+               "-cd", "--info", "-i", "--experimental-rerun"}  # Hydra flags whose value is the next argument
 RANGE = re.compile(r"^(?P<key>[\w.+~/@-]+)=(?P<a>-?\d+)\.\.(?P<b>-?\d+)$")
 
 
@@ -24,8 +26,10 @@ def expand_argv(argv: list[str]) -> list[str]:
                 raise ValueError(f"'{arg}': empty range ({a}..{b}); write the smaller bound first, e.g. seed=0..4")
             arg = f"{m['key']}=range({a},{b + 1})"
         out.append(arg)
-    flags = [a for a in out if a.startswith("-")]
-    overrides = [a for a in out if not a.startswith("-")]
+    flags, overrides = [], []
+    for i, a in enumerate(out):
+        is_value = i > 0 and out[i - 1] in VALUE_FLAGS  # e.g. the `job` of `--cfg job`
+        (flags if a.startswith("-") or is_value else overrides).append(a)
     if overrides:
         parsed = OverridesParser.create().parse_overrides(overrides=overrides)
         sweep = any(o.is_sweep_override() for o in parsed)

@@ -15,6 +15,7 @@ from runners.sweep import expand_argv
         (["method=glob(*)"], ["--multirun", "method=glob(*)"]),
         (["seed=3", "task=rte"], ["seed=3", "task=rte"]),
         (["-m", "seed=0,1"], ["-m", "seed=0,1"]),
+        (["method=iapt", "--cfg", "job"], ["method=iapt", "--cfg", "job"]),  # a flag's value is no override
         ([], []),
     ],
 )
