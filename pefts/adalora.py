@@ -26,18 +26,20 @@ from pefts.registry import Budget, MethodBuild, MethodConfig, register_method
 @dataclass
 class AdaLoraConfig(MethodConfig):
     name: str = "adalora"
-    init_r: int = 8
-    target_ratio: float = 0.5
-    alpha: float = 8.0
-    dropout: float = 0.05
+    init_r: int = 8  # initial rank of every update; allocated params scale linearly with it
+    target_ratio: float = 0.5  # final average rank = init_r x this (half of the budget pruned, Appendix F)
+    alpha: float = 8.0  # scaling numerator of the update (as LoRA here)
+    dropout: float = 0.05  # dropout on the update's input path
+    # every linear module of every layer (not the LM head)
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # fallback training length; the trainer callback replaces it with the Trainer's max_steps
     total_step: int = 1000
-    tinit_frac: float = 0.1
-    tfinal_frac: float = 0.2
-    delta_t: int = 10
-    beta1: float = 0.85
-    beta2: float = 0.85
-    orth_reg_weight: float = 0.5
+    tinit_frac: float = 0.1  # share of the steps trained before any pruning (AdaLoRA's t_i)
+    tfinal_frac: float = 0.2  # share of the steps trained after the final budget is reached (AdaLoRA's t_f)
+    delta_t: int = 10  # steps between two budget reallocations
+    beta1: float = 0.85  # EMA coefficient of the sensitivity (peft default)
+    beta2: float = 0.85  # EMA coefficient of the uncertainty (peft default)
+    orth_reg_weight: float = 0.5  # weight of the orthogonality regularizer on P and Q added to the loss
 
 
 def schedule(cfg: AdaLoraConfig, total_step: int) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import freeze
+from pefts.blocks.common import freeze
 from pefts.houlsby import add_houlsby
 from pefts.registry import Budget, MethodConfig, register_method
 
@@ -20,9 +20,9 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class AdapterDropConfig(MethodConfig):
     name: str = "adapterdrop"
-    bottleneck: int = 18
-    activation: str = "swish"
-    drop_layers: int = 2
+    bottleneck: int = 18  # adapter width (Appendix F, as Houlsby)
+    activation: str = "swish"  # nonlinearity inside the bottleneck (as Houlsby)
+    drop_layers: int = 2  # lowest blocks without adapters; 2 of 32 gives 9.09M on LLaMA-2 7B (Table 1: 9.2M)
 
 
 @register_method("adapterdrop", AdapterDropConfig, size_knob="bottleneck",

@@ -1,7 +1,7 @@
 """BitFit (Ben Zaken et al., 2022): train only bias terms, here of the linear layers of every block.
 
 LLaMA's linear layers have no biases, so zero-initialized bias vectors are added to their outputs
-with forward hooks (pefts/blocks/adapters.py `LinearBias`); a linear layer that already has a bias
+with forward hooks (pefts/blocks/vectors.py `LinearBias`); a linear layer that already has a bias
 has that bias unfrozen instead. On LLaMA-2 7B (q,k,v,o,gate,up,down):
 32 x (4 x 4096 + 2 x 11008 + 4096) = 1,359,872 parameters. The papers' BitFit row (iapt.txt Table 1,
 10.9M) is the projected variant, method=bitfit_proj. No size knob: the count is fixed by the architecture.
@@ -13,15 +13,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pefts.blocks.adapters import LinearBias, freeze, named_linears
+from pefts.blocks.arch import ARCHS, named_linears
+from pefts.blocks.common import freeze
+from pefts.blocks.vectors import LinearBias
 from pefts.registry import Budget, MethodConfig, register_method
 
-LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LLAMA_LINEARS = list(ARCHS["llama"].linears)
 
 
 @dataclass
 class BitFitConfig(MethodConfig):
     name: str = "bitfit"
+    # linear layers that get a bias
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
 
 

@@ -4,7 +4,7 @@ low-rank update A B (A: s x r, B: r x d) added position-wise to the frozen input
 
 Decoder-only adaptation: the update goes to the instruction tokens only (position i = i-th attended
 instruction token of the row; tokens past s are left as they are), the prompt sits before them
-(pefts/blocks/adapters.py `PromptInserter` with an `edit` step). Defaults are DePT's T5-Base budget
+(pefts/blocks/prompts.py `PromptInserter` with an `edit` step). Defaults are DePT's T5-Base budget
 (m = 60, r = 30, s = 256: as many parameters as 100 prompt tokens at d = 768). A ~ N(0, 1/r),
 B = 0, so the update starts at zero. LLaMA-2 7B: 60 x 4096 + 256 x 30 + 30 x 4096 = 376,320.
 
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze, new_param, vocab_init
+from pefts.blocks.common import any_weight, freeze, new_param
+from pefts.blocks.prompts import PromptInserter, SoftPrompt, vocab_init
 from pefts.registry import Budget, MethodBuild, MethodConfig, ParamGroup, register_method
 
 
@@ -50,11 +51,12 @@ class DecomposedPrompt(nn.Module):
 @dataclass
 class DeptConfig(MethodConfig):
     name: str = "dept"
-    num_virtual_tokens: int = 60
-    rank: int = 30
-    max_positions: int = 256
+    num_virtual_tokens: int = 60  # length m of the shorter prompt (DePT's T5-Base setting)
+    rank: int = 30  # rank r of the embedding update A (s x r) B (r x d); params = m d + r (s + d)
+    max_positions: int = 256  # s: instruction positions that get an update (DePT's max input length)
+    # learning rate of A and B (own AdamW group through model.optimizer_param_groups)
     lowrank_lr: float = 1e-4
-    prompt_lr: float | None = None
+    prompt_lr: float | None = None  # learning rate of the prompt; null = runner.lr
 
 
 @register_method("dept", DeptConfig, size_knob="rank", budget=Budget(pinned=376_320))

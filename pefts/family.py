@@ -14,32 +14,26 @@ can share one batch:
 
 Generator factory contract: `factory(in_features=d, out_features=o, n_tokens=n, layers=(...)) -> nn.Module`
 whose call is `gen(layer_idx, hidden[B, T, d], instruction_mask[B, T]) -> [B, n, o]`; for soft prompts
-o = d and n = n_tokens, for scaling vectors n = 1 and o = sum of `scaling_dims(model, targets)`.
-Machinery: pefts/blocks/injectors.py; interpretations: docs/deviations.md.
+o = d and n = n_tokens, for scaling vectors n = 1 and o = sum of `scaling_dims(model, targets)`. A generator
+with architecture parameters (IAPT's rational coefficients, for runners/bilevel.py) is a `GeneratorBank`
+(pefts/blocks/generators.py), which declares them in `architecture_parameters()`; other generators have none.
+Machinery: pefts/blocks/injectors.py (each injector prepares its backbone inputs and maps logits back),
+pefts/blocks/layout.py, pefts/blocks/arch.py; interpretations: docs/deviations.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from pefts.blocks.injectors import (
-    FINAL,
-    POSITIONS,
-    ScalingInjector,
-    SoftPromptInjector,
-    arch_of,
-    call_generator,
-    insert_soft_positions,
-    instruction_mask,
-    layer_list,
-    left_align,
-    plain_positions,
-    scaling_dims,
-)
+from pefts.blocks.arch import arch_of, layer_list, scaling_dims
+from pefts.blocks.generators import GeneratorBank
+from pefts.blocks.injectors import FINAL, BackboneInputs, ScalingInjector, SoftPromptInjector, call_generator
+from pefts.blocks.layout import instruction_mask, left_align, plain_positions
 
 INJECTORS = ("soft_prompt", "scaling")
 
@@ -65,8 +59,7 @@ class FamilyModel(nn.Module):
         self.layers = sorted(int(i) for i in layers)
         gen = self._default_generator
         if injector == "soft_prompt":
-            assert position in POSITIONS, f"position must be one of {POSITIONS}, got '{position}'"
-            self.injector = SoftPromptInjector(backbone, self.layers, self.n_tokens, gen, read_layer)
+            self.injector = SoftPromptInjector(backbone, self.layers, self.n_tokens, gen, read_layer, position)
         else:
             self.injector = ScalingInjector(backbone, self.layers, targets, gen, read_layer)
 
@@ -88,18 +81,16 @@ class FamilyModel(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     @torch.no_grad()
-    def _final_reads(self, input_ids, attention_mask, lay=None):
+    def _final_reads(self, input_ids, attention_mask, inputs: BackboneInputs):
         """read_layer=FINAL (IDPG): the frozen backbone's last hidden states of the caller's tokens from a
-        separate pass without injection, placed at their expanded positions when soft tokens are inserted."""
+        separate pass without injection, placed at their backbone positions (expanded when soft tokens are
+        inserted). Encoders count their own positions (RoBERTa: from the pad ids)."""
         if self.injector.read_layer != FINAL:
             return None
-        base = self.injector.base
-        h = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=plain_positions(attention_mask),
-                 use_cache=False).last_hidden_state
-        if lay is not None:
-            h = h.new_zeros((*lay.input_ids.shape, h.shape[-1])).scatter(
-                1, lay.src[..., None].expand(-1, -1, h.shape[-1]), h)
-        return {FINAL: h}
+        pos = {"position_ids": plain_positions(attention_mask)} if self.causal else {}
+        h = self.injector.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                               **pos).last_hidden_state
+        return {FINAL: self.injector.to_backbone(h, inputs)}
 
     def _default_generator(self, layer, hidden, instr):
         return call_generator(self.generators["default"], layer, hidden, instr)
@@ -133,6 +124,7 @@ class FamilyModel(nn.Module):
         self.generators[name] = gen
 
     def _tenants(self, tenant_ids, batch: int):
+        """(tenant index [B], generators) for one tenant name per row, or (None, None) for the default."""
         if tenant_ids is None:
             return None, None
         names = list(self.generators)
@@ -141,6 +133,16 @@ class FamilyModel(nn.Module):
         assert not unknown, f"unknown tenants {unknown}; registered: {names}"
         idx = torch.tensor([names.index(t) for t in tenant_ids], device=self.device)
         return idx, [self.generators[n] for n in names]
+
+    @contextlib.contextmanager
+    def _injected(self, input_ids, attention_mask, instr, tenant_ids):
+        """The one path of forward, encoder forward and generate: the injector's backbone inputs of the
+        caller's batch, tenants resolved once, separate-pass reads, and the injector active inside."""
+        inputs = self.injector.prepare(input_ids, attention_mask, instr)
+        tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
+        reads = self._final_reads(input_ids, attention_mask, inputs)
+        with self.injector.active(inputs.instr, inputs.soft_start, tenant, tenant_gens, reads):
+            yield inputs
 
     # -- forward / generate -------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -156,21 +158,11 @@ class FamilyModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if not self.causal:
             return self._encoder_forward(input_ids, attention_mask, labels, tenant_ids, **kwargs)
-        instr = instruction_mask(attention_mask, labels)
-        tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
-        lay = None
-        if self.kind == "soft_prompt":
-            lay = self._insert(input_ids, attention_mask, labels, instr)
-            ids, mask, pos, instr_x, start = lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start
-        else:
-            ids, mask, pos, instr_x, start = input_ids, attention_mask, plain_positions(attention_mask), instr, None
         kwargs.setdefault("use_cache", False)
-        reads = self._final_reads(input_ids, attention_mask, lay)
-        with self.injector.active(instr_x, start, tenant, tenant_gens, reads):
-            out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
-        logits = out.logits
-        if lay is not None:
-            logits = logits.gather(1, lay.src[..., None].expand(-1, -1, logits.shape[-1]))
+        with self._injected(input_ids, attention_mask, instruction_mask(attention_mask, labels), tenant_ids) as x:
+            out = self.backbone(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
+                                **kwargs)
+        logits = self.injector.logits_back(out.logits, x)
         loss = None
         if labels is not None:
             loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
@@ -183,23 +175,12 @@ class FamilyModel(nn.Module):
         instruction; `labels` are the head's (class) labels and go to the backbone unchanged; the output
         is the backbone's (per-example logits). Placeholders carry the pad id, so RoBERTa's position ids
         skip them: real tokens keep their positions."""
-        instr = instruction_mask(attention_mask)
-        tenant, tenant_gens = self._tenants(tenant_ids, input_ids.shape[0])
-        ids, mask, instr_x, start = input_ids, attention_mask, instr, None
-        if self.kind == "soft_prompt":
-            lay = self._insert(input_ids, attention_mask, None, instr)
-            ids, mask, instr_x, start = lay.input_ids, lay.attention_mask, lay.instr, lay.start
-        with self.injector.active(instr_x, start, tenant, tenant_gens):
-            return self.backbone(input_ids=ids, attention_mask=mask, labels=labels, **kwargs)
+        with self._injected(input_ids, attention_mask, instruction_mask(attention_mask), tenant_ids) as x:
+            return self.backbone(input_ids=x.input_ids, attention_mask=x.attention_mask, labels=labels, **kwargs)
 
     def _insert(self, input_ids, attention_mask, labels, instr):
-        """Soft positions inserted; placeholder id: the pad id for encoders (skipped by their position
-        ids), any non-pad id for decoders (the content is never seen: masked, then replaced)."""
-        c = self.config
-        fill = c.pad_token_id if not self.causal else next(
-            i for i in (c.bos_token_id, c.eos_token_id, 0, 1) if i is not None and i != c.pad_token_id)
-        return insert_soft_positions(input_ids, attention_mask, labels, instr, self.n_tokens, self.position,
-                                     fill_id=fill, occupy_positions=self.injector.arch.rotary)
+        """The soft-prompt layout of a batch (`SoftPromptInjector.layout`; for tests and inspection)."""
+        return self.injector.layout(input_ids, attention_mask, labels, instr)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -214,25 +195,17 @@ class FamilyModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         B = input_ids.shape[0]
         ids, mask = left_align(input_ids, attention_mask)
-        plain_ids, plain_mask = ids, mask
-        instr = instruction_mask(mask)
-        tenant, tenant_gens = self._tenants(tenant_ids, B)
-        lay = None
-        if self.kind == "soft_prompt":
-            lay = self._insert(ids, mask, None, instr)
-            ids, mask, pos, instr, start = lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start
-            gc = kwargs.get("generation_config") or self.generation_config
-            if kwargs.get("max_new_tokens") is None and gc.max_new_tokens is None:
-                kwargs["max_length"] = (kwargs.get("max_length") or gc.max_length) + self.n_tokens
-            if kwargs.get("min_length"):
-                kwargs["min_length"] += self.n_tokens
-        else:
-            pos, start = plain_positions(mask), None
-        reads = self._final_reads(plain_ids, plain_mask, lay)
-        with self.injector.active(instr, start, tenant, tenant_gens, reads):
-            out = self.backbone.generate(input_ids=ids, attention_mask=mask, position_ids=pos, **kwargs)
+        with self._injected(ids, mask, instruction_mask(mask), tenant_ids) as x:
+            if x.inserted:  # lengths count the caller's tokens
+                gc = kwargs.get("generation_config") or self.generation_config
+                if kwargs.get("max_new_tokens") is None and gc.max_new_tokens is None:
+                    kwargs["max_length"] = (kwargs.get("max_length") or gc.max_length) + x.inserted
+                if kwargs.get("min_length"):
+                    kwargs["min_length"] += x.inserted
+            out = self.backbone.generate(input_ids=x.input_ids, attention_mask=x.attention_mask,
+                                         position_ids=x.position_ids, **kwargs)
         seqs = out if isinstance(out, torch.Tensor) else out.sequences
-        new = seqs[:, ids.shape[1]:]
+        new = seqs[:, x.input_ids.shape[1]:]
         full = torch.cat([input_ids.repeat_interleave(seqs.shape[0] // B, 0), new], 1)
         if isinstance(out, torch.Tensor):
             return full
@@ -241,9 +214,9 @@ class FamilyModel(nn.Module):
 
     def architecture_parameters(self) -> list[nn.Parameter]:
         """The default generator's architecture parameters (IAPT's rational coefficients, for
-        runners/bilevel.py), or [] when it has none."""
-        fn = getattr(self.generators["default"], "architecture_parameters", None)
-        return list(fn()) if callable(fn) else []
+        runners/bilevel.py): those a `GeneratorBank` declares; [] for any other generator."""
+        gen = self.generators["default"]
+        return list(gen.architecture_parameters()) if isinstance(gen, GeneratorBank) else []
 
     def unload(self) -> nn.Module:
         """Remove the hooks and return the (still frozen) backbone."""
@@ -257,7 +230,7 @@ class FamilyModel(nn.Module):
         vectors, whose multipliers reach the recomputed layer through keyword arguments."""
         kw = dict(activation_checkpointing_kwargs or {"use_reentrant": False})
         if kw.get("use_reentrant", False):
-            assert self.kind == "soft_prompt", "scaling vectors need use_reentrant=False checkpointing"
+            assert self.injector.reentrant_checkpointing, "scaling vectors need use_reentrant=False checkpointing"
             self.backbone.enable_input_require_grads()
         self.backbone.activation_checkpointing_enable(
             activation_checkpointing_kwargs=kw, every_n_layers=every_n_layers, offload=offload)

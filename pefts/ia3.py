@@ -18,7 +18,9 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class Ia3Config(MethodConfig):
     name: str = "ia3"
+    # rescaled modules; null: peft's per-architecture default (Llama: k_proj, v_proj, down_proj)
     target_modules: list[str] | None = None
+    # targets whose input (not output) is rescaled; null: peft's default (down_proj)
     feedforward_modules: list[str] | None = None
 
 

@@ -27,12 +27,15 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class IdpgConfig(MethodConfig):
     name: str = "idpg"
-    n_tokens: int = 4
+    n_tokens: int = 4  # soft tokens prepended to the input
+    # generator width; tunable params grow linearly with it (410 gives ~8.4M on LLaMA-2 7B)
     bottleneck: int = 1024
-    pooler: str = "mean"
-    activation: str = "relu"
+    pooler: str = "mean"  # pooling of the encoder pass's last hidden states over the instruction tokens
+    activation: str = "relu"  # nonlinearity between W_down and W_up
+    # nn.Linear's init. Not zero_up: exact-zero soft tokens injected at one layer give NaN gradients on
+    # SmolLM2 (RMSNorm's 1/sqrt(eps) slope at 0, compounded over the layers above; docs/deviations.md)
     init: str = "default"
-    position: str = "prepend"
+    position: str = "prepend"  # soft tokens before the instruction (IDPG prepends)
 
 
 @register_method("idpg", IdpgConfig, size_knob="bottleneck",

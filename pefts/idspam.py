@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pefts.blocks.arch import layer_list
 from pefts.blocks.generators import bank_factory
-from pefts.blocks.injectors import layer_list
 from pefts.family import build_family
 from pefts.registry import Budget, MethodConfig, register_method
 
@@ -25,9 +25,12 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class IdSpamConfig(MethodConfig):
     name: str = "idspam"
-    n_tokens: int = 10
+    n_tokens: int = 10  # t: soft tokens (3.1)
+    # c: width between W_down and W_up; 34 matches the paper's parameter counts for t = 10
     bottleneck: int = 34
+    # m: layer whose input gets the prompt; null = middle layer (L // 2), 0 = the embeddings
     layer: int | None = None
+    # null: prepend before the instruction (decoders) / behind <s> (encoders); or prepend|append|after_first
     position: str | None = None
 
 

@@ -21,15 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import (
-    Bottleneck,
-    ParallelAdapter,
-    any_weight,
-    attach_block_hook,
-    decoder_layers,
-    freeze,
-    new_param,
-)
+from pefts.blocks.activations import ACTIVATIONS, ADAPTER_ACTIVATIONS
+from pefts.blocks.arch import decoder_layers
+from pefts.blocks.bottleneck import Bottleneck, ParallelAdapter, attach_block_hook
+from pefts.blocks.common import any_weight, freeze, new_param
 from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, register_method
 
 
@@ -38,23 +33,27 @@ class MixedActivation(nn.Module):
 
     def __init__(self, candidates: list[str], ref: torch.Tensor):
         super().__init__()
-        unknown = sorted(set(candidates) - set(Bottleneck.ACTS))
-        assert candidates and not unknown, f"unknown candidate operations {unknown}; known: {sorted(Bottleneck.ACTS)}"
+        unknown = sorted(set(candidates) - set(ADAPTER_ACTIVATIONS))
+        assert candidates and not unknown, f"unknown candidate operations {unknown}; known: {sorted(ADAPTER_ACTIVATIONS)}"
         self.candidates = list(candidates)
         self.alpha = new_param(ref, len(candidates))
+        self.ops = nn.ModuleList(ACTIVATIONS[c]() for c in self.candidates)  # parameter-free
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = torch.softmax(self.alpha, 0).to(x.dtype)
-        return sum(w[i] * Bottleneck.ACTS[c](x) for i, c in enumerate(self.candidates))
+        return sum(w[i] * op(x) for i, op in enumerate(self.ops))
 
 
 @dataclass
 class LearnedAdapterConfig(MethodConfig):
     name: str = "learned_adapter"
-    bottleneck: int = 36
+    bottleneck: int = 36  # adapter width (iapt.txt Appendix F)
+    # operations mixed by softmax(alpha) inside the bottleneck
     candidates: list[str] = field(default_factory=lambda: ["relu", "gelu", "swish", "tanh", "identity"])
-    scaling: float = 4.0
+    scaling: float = 4.0  # s multiplying the adapter output (as parallel_adapter)
+    # architecture logits (alpha) updated on dev batches, adapters on train batches (runners/bilevel.py)
     bilevel: bool = True
+    # learning rate of alpha in the bi-level updates (DARTS's default; the papers give none)
     arch_lr: float = 3e-4
 
 

@@ -17,9 +17,10 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class LoraConfig(MethodConfig):
     name: str = "lora"
-    r: int = 4
-    alpha: float = 8.0
-    dropout: float = 0.05
+    r: int = 4  # rank of every low-rank update; tunable params scale linearly with it
+    alpha: float = 8.0  # scaling numerator: the update is multiplied by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input path
+    # every linear module of every layer (not the LM head)
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 

@@ -15,7 +15,7 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class LoraDefaultConfig(MethodConfig):
     name: str = "lora_default"
-    r: int = 8
+    r: int = 8  # rank (peft default); alpha stays 8 as in peft, so the update scale is 8 / r
 
 
 @register_method("lora_default", LoraDefaultConfig, size_knob="r", budget=Budget(pinned=4_194_304))

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pefts.blocks.arch import layer_list
 from pefts.blocks.generators import bank_factory
-from pefts.blocks.injectors import layer_list
 from pefts.family import build_family
 from pefts.registry import Budget, MethodConfig, register_method
 
@@ -24,13 +24,15 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class LptConfig(MethodConfig):
     name: str = "lpt"
-    n_tokens: int = 4
-    bottleneck: int = 1024
-    pooler: str = "mean"
-    activation: str = "relu"
+    n_tokens: int = 4  # soft tokens (iapt.txt Appendix F)
+    bottleneck: int = 1024  # generator width (iapt.txt Appendix F); tunable params grow linearly with it
+    pooler: str = "mean"  # pooling of the instruction states entering layer m: mean or max
+    activation: str = "relu"  # nonlinearity between W_down and W_up
+    # nn.Linear's init. Not zero_up: exact-zero soft tokens injected at one layer give NaN gradients on
+    # SmolLM2 (RMSNorm's 1/sqrt(eps) slope at 0, compounded over the layers above; docs/deviations.md)
     init: str = "default"
-    layer: int | None = None
-    position: str | None = None
+    layer: int | None = None  # m: layer whose input gets the prompt; null = middle layer (L // 2)
+    position: str | None = None  # null: prepend before the instruction (decoders) / behind <s> (encoders)
 
 
 @register_method("lpt", LptConfig, size_knob="bottleneck",

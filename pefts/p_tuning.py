@@ -3,7 +3,7 @@
 a learnable projection layer projects it to the same dimension with the LLaMA-2 backbone".
 
 Soft prompt P = C W^T + b with codes C (64 x 36) and one shared projection W (d x 36), b (d), inserted
-before each instruction like prompt tuning (pefts/blocks/adapters.py `SoftPrompt(dim=...)`,
+before each instruction like prompt tuning (pefts/blocks/prompts.py `SoftPrompt(dim=...)`,
 `PromptInserter`). peft's `PromptEncoder` does not match this: it embeds the tokens at the model
 width and reparameterizes them with an MLP/LSTM whose input is d-wide.
 On LLaMA-2 7B: 64 x 36 + 36 x 4096 + 4096 = 153,856; Table 1's 9.4M cannot come from this
@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze
+from pefts.blocks.common import any_weight, freeze
+from pefts.blocks.prompts import PromptInserter, SoftPrompt
 from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
 class PTuningConfig(MethodConfig):
     name: str = "p_tuning"
-    num_virtual_tokens: int = 64
+    num_virtual_tokens: int = 64  # soft tokens per input (Appendix F)
+    # size of each token's code before the shared projection to d; params = tokens x dim + dim x d + d
     dim: int = 36
 
 

@@ -1,6 +1,6 @@
 """P-tuning v2 (Liu et al., 2022): `n` learned key/value vectors prepended in every attention layer.
 
-Own implementation (pefts/blocks/adapters.py `PrefixKV` + `install_prefix_attention`), not
+Own implementation (pefts/blocks/prefix.py `PrefixKV` + `install_prefix_attention`), not
 `peft.PrefixTuningConfig`: with peft 0.21.2 + transformers 5.23 prefix tuning's `generate` fails
 ("size of tensor a (46) must match ... b (26)") and a left-padded forward differs from the row alone
 (docs/deviations.md). Here the prefix is added inside the attention function, after the KV
@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import PrefixKV, any_weight, decoder_layers, freeze, install_prefix_attention
+from pefts.blocks.arch import decoder_layers
+from pefts.blocks.common import any_weight, freeze
+from pefts.blocks.prefix import PrefixKV, install_prefix_attention
 from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
 class PTuningV2Config(MethodConfig):
     name: str = "p_tuning_v2"
+    # prefix positions per layer (iapt.txt Appendix F); params = L x 2 x tokens x kv_dim
     num_virtual_tokens: int = 64
-    init_std: float = 1.0
+    init_std: float = 1.0  # std of the initial keys/values (N(0,1) as nn.Embedding in the P-tuning v2 code)
 
 
 def kv_dim(config) -> int:

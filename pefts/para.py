@@ -24,10 +24,12 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class ParaConfig(MethodConfig):
     name: str = "para"
-    bottleneck: int = 12
-    activation: str = "gelu"
+    bottleneck: int = 12  # r: vector-generator width; tunable params grow linearly with it
+    activation: str = "gelu"  # g^vg between W_down and W_up
+    # scaled projections (the paper: Query, Value, Up)
     targets: list[str] = field(default_factory=lambda: ["q", "v", "up"])
-    layers: Any = "all"
+    layers: Any = "all"  # layers with a vector generator: all, or a list of indices
+    # false: b_up stays the constant 1 it starts at (8.9M on LLaMA-2 7B, the paper's count)
     up_bias_trainable: bool = True
 
 

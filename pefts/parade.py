@@ -31,14 +31,18 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class ParadeConfig(MethodConfig):
     name: str = "parade"
-    bottleneck: int = 12
+    bottleneck: int = 12  # r: vector-generator width; tunable params grow linearly with it
+    # attentional capsule pooler (eqs. 7-10); last = PARADE-1 (the last instruction token)
     pooler: str = "capsule"
+    # eq. 9's attention-initialised routing; uniform = PARADE-2 (Zhang et al. 2018)
     routing_init: str = "attention"
-    num_capsules: int = 4
-    routing_iters: int = 1
-    activation: str = "gelu"
+    num_capsules: int = 4  # K: output capsules of the attentional capsule pooler (eqs. 7-10)
+    routing_iters: int = 1  # refinement steps of the capsule routing (eq. 10); 0 = attention-only pooling
+    activation: str = "gelu"  # g^vg between the pooler and W_up
+    # scaled projections; [q, k, v, gate, up] = PARADE-3, [q, v] = PARADE-4
     targets: list[str] = field(default_factory=lambda: ["q", "v", "up"])
-    layers: Any = "all"
+    layers: Any = "all"  # layers with a vector generator: all, or a list of indices
+    # false: b_up stays the constant 1 it starts at (8.9M on LLaMA-2 7B, the paper's count)
     up_bias_trainable: bool = True
 
 

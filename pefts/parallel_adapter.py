@@ -2,7 +2,7 @@
 Appendix F ("bottleneck dimension 36 ... connected to the whole block"): out <- block(h) + s * W_up
 relu(W_down h + b) + b', where h is the block's input.
 
-Attached with a forward hook on every decoder layer (pefts/blocks/adapters.py `ParallelAdapter`);
+Attached with a forward hook on every decoder layer (pefts/blocks/bottleneck.py `ParallelAdapter`);
 W_up and biases start at zero, so the model equals the backbone at step 0; s = 4 as in He et al.'s
 parallel adapter. On LLaMA-2 7B with bottleneck 36: 32 x (2 x 4096 x 36 + 36 + 4096) = 9,569,408
 (Table 1: 9.4M = the same without biases).
@@ -14,23 +14,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import (
-    Bottleneck,
-    ParallelAdapter,
-    any_weight,
-    attach_block_hook,
-    decoder_layers,
-    freeze,
-)
+from pefts.blocks.arch import decoder_layers
+from pefts.blocks.bottleneck import Bottleneck, ParallelAdapter, attach_block_hook
+from pefts.blocks.common import any_weight, freeze
 from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
 class ParallelAdapterConfig(MethodConfig):
     name: str = "parallel_adapter"
-    bottleneck: int = 36
-    activation: str = "relu"
-    scaling: float = 4.0
+    bottleneck: int = 36  # adapter width (Appendix F); params = L x (2 d bottleneck + bottleneck + d)
+    activation: str = "relu"  # nonlinearity inside the bottleneck (He et al.)
+    scaling: float = 4.0  # s multiplying the adapter output (He et al.'s parallel adapter)
 
 
 @register_method("parallel_adapter", ParallelAdapterConfig, size_knob="bottleneck",

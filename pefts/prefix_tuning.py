@@ -1,7 +1,7 @@
 """Prefix tuning (Li & Liang, 2021): key/value prefixes in every layer, produced by an MLP
 reparameterization P = MLP(E) of a (n x d) embedding E (Sec. 4.3: "P_theta[i,:] = MLP(P'_theta[i,:])").
 
-Same injection as P-tuning v2 (pefts/blocks/adapters.py `PrefixKV(encoder=h)`); the MLP is
+Same injection as P-tuning v2 (pefts/blocks/prefix.py `PrefixKV(encoder=h)`); the MLP is
 d -> h (tanh) -> L x 2 x kv_dim and is trained; its output is cached when no gradient is needed.
 Not a baseline of iapt.txt Table 1. Parameters on LLaMA-2 7B with n=64, h=512:
 64x4096 + (4096x512 + 512) + (512x262144 + 262144) = 136,839,680 (the MLP dominates; Li & Liang
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import PrefixKV, any_weight, decoder_layers, freeze, install_prefix_attention
+from pefts.blocks.arch import decoder_layers
+from pefts.blocks.common import any_weight, freeze
+from pefts.blocks.prefix import PrefixKV, install_prefix_attention
 from pefts.p_tuning_v2 import kv_dim
 from pefts.registry import Budget, MethodConfig, register_method
 
@@ -22,7 +24,8 @@ from pefts.registry import Budget, MethodConfig, register_method
 @dataclass
 class PrefixTuningConfig(MethodConfig):
     name: str = "prefix_tuning"
-    num_virtual_tokens: int = 64
+    num_virtual_tokens: int = 64  # prefix positions per layer (as P-tuning v2 in iapt.txt Appendix F)
+    # width of the reparameterization MLP (Li & Liang's code default); dominates the params
     encoder_hidden_size: int = 512
 
 

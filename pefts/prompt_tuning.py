@@ -1,6 +1,6 @@
 """Prompt tuning (Lester et al., 2021): `n` learned input vectors in front of every instruction.
 
-Own implementation (pefts/blocks/adapters.py `PromptInserter` + `SoftPrompt`), not `peft.PromptTuningConfig`:
+Own implementation (pefts/blocks/prompts.py `PromptInserter` + `SoftPrompt`), not `peft.PromptTuningConfig`:
 peft 0.21.2 puts the virtual tokens before the left padding, so a left-padded row sees its prompt at a
 different relative (RoPE) distance than the same row alone (max logit gap 7e-3 on the tiny backbone;
 docs/deviations.md). Here the prompt goes right before each row's first real token.
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pefts.blocks.adapters import PromptInserter, SoftPrompt, any_weight, freeze, vocab_init
+from pefts.blocks.common import any_weight, freeze
+from pefts.blocks.prompts import PromptInserter, SoftPrompt, vocab_init
 from pefts.registry import Budget, MethodConfig, register_method
 
 
 @dataclass
 class PromptTuningConfig(MethodConfig):
     name: str = "prompt_tuning"
-    num_virtual_tokens: int = 10
-    init: str = "vocab"  # vocab | normal
+    num_virtual_tokens: int = 10  # soft tokens per input (ID-SPAM's baseline setting); params = tokens x d
+    # vocab: start from embeddings of random vocabulary tokens (Lester et al.); normal: N(0, 0.02)
+    init: str = "vocab"
 
 
 @register_method("prompt_tuning", PromptTuningConfig, size_knob="num_virtual_tokens",

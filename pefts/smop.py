@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import PromptInserter, any_weight, freeze, mean_pool, new_param, vocab_init
+from pefts.blocks.common import any_weight, freeze, new_param
+from pefts.blocks.poolers import mean_pool
+from pefts.blocks.prompts import PromptInserter, vocab_init
 from pefts.registry import Budget, MethodConfig, register_method
 
 
@@ -48,8 +50,9 @@ class PromptMixture(nn.Module):
 @dataclass
 class SmopConfig(MethodConfig):
     name: str = "smop"
-    num_prompts: int = 4
-    num_virtual_tokens: int = 5
+    num_prompts: int = 4  # K prompts to route between; params = K x tokens x d + d x K
+    num_virtual_tokens: int = 5  # length of each short prompt
+    # std of the Gaussian noise on router logits during training (router perturbation)
     router_noise: float = 1.0
 
 

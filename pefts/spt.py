@@ -2,7 +2,7 @@
 faithful version: a soft prompt at the input plus, before every higher layer l, a candidate prompt P_l
 inserted through a learnable gate g_l = sigmoid(a_l):  h_prompt <- g_l P_l + (1 - g_l) h_prompt.
 
-The prompt occupies `n` sequence positions (pefts/blocks/adapters.py `PromptInserter`); a forward
+The prompt occupies `n` sequence positions (pefts/blocks/prompts.py `PromptInserter`); a forward
 pre-hook on each decoder layer rewrites those positions' hidden states. With all gates at 1 this is
 deep prompt tuning with fresh prompts per layer; at 0, plain prompt tuning. Gates start at
 sigmoid(gate_init). The gate logits are architecture parameters: with `bilevel: true` the builder
@@ -23,15 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pefts.blocks.adapters import (
-    PromptInserter,
-    SoftPrompt,
-    any_weight,
-    decoder_layers,
-    freeze,
-    new_param,
-    vocab_init,
-)
+from pefts.blocks.arch import decoder_layers
+from pefts.blocks.common import any_weight, freeze, new_param
+from pefts.blocks.prompts import PromptInserter, SoftPrompt, vocab_init
 from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, register_method
 
 
@@ -73,9 +67,10 @@ class _LayerHook:
 @dataclass
 class SptConfig(MethodConfig):
     name: str = "spt"
-    num_virtual_tokens: int = 10
-    gate_init: float = 0.0
-    bilevel: bool = True
+    num_virtual_tokens: int = 10  # prompt positions; params = L x tokens x d + (L - 1) gates
+    gate_init: float = 0.0  # initial gate logit a_l; gate = sigmoid(a_l) = 0.5 at 0
+    bilevel: bool = True  # gate logits updated on dev batches, prompts on train batches (runners/bilevel.py)
+    # learning rate of the gate logits in the bi-level updates (DARTS's default; the papers give none)
     arch_lr: float = 3e-4
 
 

@@ -46,25 +46,29 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from pefts.blocks.adapters import freeze, named_linears, new_param
+from pefts.blocks.arch import ARCHS, named_linears
+from pefts.blocks.common import freeze, new_param
 from pefts.registry import Bilevel, Budget, MethodBuild, MethodConfig, ParamGroup, register_method
 
-LLAMA_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LLAMA_LINEARS = list(ARCHS["llama"].linears)
 KINDS = ("lora", "bias")  # candidate order inside each SspCandidates
 
 
 @dataclass
 class SspConfig(MethodConfig):
     name: str = "ssp"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
+    r: int = 8  # rank of every LoRA candidate; the search space (counted by scripts.params) scales with it
+    alpha: float = 16.0  # LoRA scaling numerator: the update is multiplied by alpha / r
+    dropout: float = 0.05  # dropout on the LoRA input path
+    # linears that get candidates
     target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEARS))
+    # tunable params kept after pruning (Table 1: 8.6M on LLaMA-2 7B); <= 1 = a fraction of the search space
     budget: float = 8.6e6
-    search_frac: float = 0.3
-    gate_init: float = 0.0
+    search_frac: float = 0.3  # share of the training steps spent searching the gates before pruning
+    gate_init: float = 0.0  # initial gate logit of every candidate (sigmoid(0) = 0.5)
+    # gates take AdamW steps on dev batches (first-order DARTS); false trains them jointly
     search_bilevel: bool = True
-    arch_lr: float = 3e-4
+    arch_lr: float = 3e-4  # learning rate of the gate logits in the bi-level dev steps (the papers give none)
 
 
 class SspCandidates(nn.Module):

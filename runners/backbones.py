@@ -17,12 +17,13 @@ import tempfile
 import torch
 
 log = logging.getLogger(__name__)
-ENCODERS = ("roberta", "bert", "deberta-v2")
 
 
 def hf_config(b):
     """A transformers config from the architecture numbers of a backbone config."""
     from transformers import AutoConfig
+
+    from pefts.blocks.arch import is_encoder
 
     arch = b.architecture
     kw = dict(vocab_size=b.vocab_size, tie_word_embeddings=b.tie_word_embeddings)
@@ -32,9 +33,9 @@ def hf_config(b):
     else:
         kw.update(hidden_size=b.hidden_size, num_hidden_layers=b.num_hidden_layers,
                   num_attention_heads=b.num_attention_heads, intermediate_size=b.intermediate_size)
-        if b.num_key_value_heads is not None and arch not in ("gpt_neox", *ENCODERS):
+        if b.num_key_value_heads is not None and arch != "gpt_neox" and not is_encoder(arch):
             kw["num_key_value_heads"] = b.num_key_value_heads
-    if arch in ENCODERS:
+    if is_encoder(arch):
         kw.update(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1)
     kw.update(dict(b.extra or {}))
     return AutoConfig.for_model(arch, **kw)
@@ -44,9 +45,11 @@ def build_meta(b):
     """The backbone on the `meta` device: right shapes, no memory, no download."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from pefts.blocks.arch import is_encoder
+
     config = hf_config(b)
     with torch.device("meta"):
-        if b.architecture in ENCODERS:
+        if is_encoder(b.architecture):
             return AutoModel.from_config(config)
         return AutoModelForCausalLM.from_config(config)
 
@@ -120,6 +123,8 @@ def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "flo
     """(model, tokenizer) for a backbone config. Tokenizers get a pad token and left padding."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pefts.blocks.arch import is_encoder
+
     torch_dtype = getattr(torch, dtype)
     if b.source == "tiny":
         tok = byte_tokenizer()
@@ -131,7 +136,7 @@ def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "flo
     elif b.source == "gguf":
         model, tok = _load_gguf_cached(b, cache_dir, torch_dtype)
     elif b.source == "hub":
-        if b.architecture in ENCODERS:
+        if is_encoder(b.architecture):
             raise NotImplementedError(
                 f"backbone '{b.name}' is an encoder: training encoders needs a classification head "
                 "(the ID-SPAM setting), which the runner does not support yet; it can be built on "

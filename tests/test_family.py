@@ -1,4 +1,4 @@
-"""Tests of the input-aware family's injection machinery (pefts/blocks/injectors.py, pefts/family.py) on
+"""Tests of the input-aware family's injection machinery (pefts/blocks/injectors.py, layout.py, pefts/family.py) on
 tiny random backbones: the `tiny` Llama (GQA, 4 query / 2 KV heads), GPT-2, GPT-NeoX, RoBERTa.
 
     .venv/bin/python -m pytest tests/test_family.py -q
@@ -15,13 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from pefts.blocks.injectors import (
-    insert_soft_positions,
-    instruction_mask,
-    layer_list,
-    plain_positions,
-    scaling_dims,
-)
+from pefts.blocks.arch import layer_list, scaling_dims
+from pefts.blocks.layout import insert_soft_positions, instruction_mask, plain_positions
 from pefts.family import build_family
 from pefts.io import load_peft, peft_state_dict, save_peft
 

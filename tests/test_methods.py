@@ -17,7 +17,7 @@ import os
 import pytest
 import torch
 
-from pefts.blocks.adapters import PromptInserter
+from pefts.blocks.prompts import PromptInserter
 from pefts.io import load_peft, save_peft
 from pefts.registry import METHODS, build_method
 from runners.backbones import load_backbone

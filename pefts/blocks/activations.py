@@ -1,4 +1,5 @@
-"""Activations of the input-aware generators: ReLU, GELU and IAPT's learnable rational (Padé) activation.
+"""Activations: one table (`ACTIVATIONS`) for the input-aware generators (ReLU, GELU and IAPT's learnable
+rational (Padé) activation) and the baselines' bottleneck adapters (parameter-free ones).
 
 IAPT (iapt.txt eq. 3) learns the generator's activation as a rational function of order (m, n) = (6, 5)
 
@@ -12,6 +13,7 @@ straight line tangent to R at the range's edge (value and slope of the *current*
 extension is learned too and gradients reach every a_j, b_i). Inside the range it is exactly eq. 3.
 
     act = make_activation("rational")   # or "gelu", "relu"
+    ACTIVATIONS["swish"]()              # any entry of the table, e.g. for a bottleneck adapter
 """
 
 from __future__ import annotations
@@ -118,12 +120,23 @@ class Rational(nn.Module):
         return f"order=({m}, {n}), bound={self.bound}"
 
 
-_ACTIVATIONS = {"gelu": nn.GELU, "rational": Rational, "relu": nn.ReLU}
+# The one activation table of pefts/blocks: name -> module class (instantiate for a fresh module).
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+    "rational": Rational,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "swish": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+GENERATOR_ACTIVATIONS = ("gelu", "rational", "relu")  # the input-aware generators' choices (`make_activation`)
+ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "swish", "tanh", "identity")  # bottleneck adapters (parameter-free)
 
 
 def make_activation(name: str, **kw) -> nn.Module:
-    """A fresh activation module: 'relu' (nn.ReLU), 'gelu' (nn.GELU, exact erf form unless
+    """A fresh generator activation module: 'relu' (nn.ReLU), 'gelu' (nn.GELU, exact erf form unless
     approximate='tanh'), 'rational' (`Rational`, learnable, GELU-initialised). `kw` go to the class."""
-    if name not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {name!r}; valid options: {', '.join(sorted(_ACTIVATIONS))}")
-    return _ACTIVATIONS[name](**kw)
+    if name not in GENERATOR_ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid options: {', '.join(sorted(GENERATOR_ACTIVATIONS))}")
+    return ACTIVATIONS[name](**kw)

@@ -14,14 +14,18 @@ the instruction tokens, never during cached decode steps:
 - `ScalingInjector` (PARA eqs. 4-5, PARADE; PARADE-3 adds Key and Gate): one generated vector per row and
   layer multiplies the outputs of the Query / Key / Value / Gate / Up projections.
 
-Architectures come from one table (`ARCHS`: Llama layout incl. SmolLM2/Mistral/Qwen2/Gemma, GPT-2's fused
-`c_attn`, GPT-NeoX's per-head fused `query_key_value`, RoBERTa encoders). Hooks are installed once and act
-only inside `with injector.active(...)`; `pefts/family.py` wraps all this into an HF-like model:
+Architectures come from one table (`ARCHS` in pefts/blocks/arch.py: Llama layout incl.
+SmolLM2/Mistral/Qwen2/Gemma, GPT-2's fused `c_attn`, GPT-NeoX's per-head fused `query_key_value`, RoBERTa
+encoders). Each injector owns its layout: `prepare` gives the backbone inputs of a batch (`BackboneInputs`:
+soft positions inserted, or the batch unchanged) and `logits_back` maps the backbone's logits back to the
+caller's columns. Hooks are installed once and act only inside `with injector.active(...)`;
+`pefts/family.py` wraps all this into an HF-like model:
 
     inj = SoftPromptInjector(model, layers=[2], n_tokens=4, generator=gen)
-    lay = insert_soft_positions(ids, mask, None, instruction_mask(mask), 4, "prepend", fill_id=0)
-    with inj.active(lay.instr, soft_start=lay.start):
-        out = model(input_ids=lay.input_ids, attention_mask=lay.attention_mask, position_ids=lay.position_ids)
+    x = inj.prepare(ids, mask, instruction_mask(mask))
+    with inj.active(x.instr, soft_start=x.soft_start):
+        out = model(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids)
+    logits = inj.logits_back(out.logits, x)
 
 Interpretations (positions of soft tokens, beams, masks) are recorded in docs/deviations.md.
 """
@@ -36,205 +40,32 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pefts.blocks.arch import arch_of, features, layer_list, scaling_dims
+from pefts.blocks.layout import POSITIONS, SoftLayout, insert_soft_positions, plain_positions
+
 Generator = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
-POSITIONS = ("prepend", "append", "after_first")  # where soft positions go, relative to the instruction
-TARGETS = ("q", "k", "v", "gate", "up")  # canonical order of the pieces of a generated scaling vector
 _KW = "_family_scales"  # kwarg carrying a layer's multipliers from the layer hook to its attention module
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Architecture table
+# Backbone inputs: what an injector hands the backbone, and how its logits map back
 # ----------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Arch:
-    """Where things live, relative to `model.base_model`.
-
-    layers: the layer list; attn: the attention module inside a layer (receives the layer's **kwargs);
-    scale: target -> (module path inside a layer, "out" = multiply its output / "in" = its input, layout),
-    layout "plain" (one target), "qkv" (GPT-2: [q | k | v] blocks), "qkv_heads" (GPT-NeoX: per head
-    [q_h | k_h | v_h]); rotary: positions act inside attention (inserted tokens then occupy positions);
-    causal: decoder (False for encoders)."""
-
-    layers: str
-    attn: str
-    scale: dict
-    rotary: bool = True
-    causal: bool = True
-
-
-_LLAMA = Arch(
-    layers="layers",
-    attn="self_attn",
-    scale={
-        "q": ("self_attn.q_proj", "out", "plain"),
-        "k": ("self_attn.k_proj", "out", "plain"),
-        "v": ("self_attn.v_proj", "out", "plain"),
-        "gate": ("mlp.gate_proj", "out", "plain"),
-        "up": ("mlp.up_proj", "out", "plain"),
-    },
-)
-# Non-gated FFNs: PARA's U' = l_u * U enters the down projection as l_u * (g(G) * U), i.e. the scaling of
-# the down projection's input; with no gate that input is act(x W_up), so "up" scales it there.
-_GPT2 = Arch(
-    layers="h",
-    attn="attn",
-    scale={
-        "q": ("attn.c_attn", "out", "qkv"),
-        "k": ("attn.c_attn", "out", "qkv"),
-        "v": ("attn.c_attn", "out", "qkv"),
-        "up": ("mlp.c_proj", "in", "plain"),
-    },
-    rotary=False,
-)
-_NEOX = Arch(
-    layers="layers",
-    attn="attention",
-    scale={
-        "q": ("attention.query_key_value", "out", "qkv_heads"),
-        "k": ("attention.query_key_value", "out", "qkv_heads"),
-        "v": ("attention.query_key_value", "out", "qkv_heads"),
-        "up": ("mlp.dense_4h_to_h", "in", "plain"),
-    },
-)
-_ROBERTA = Arch(
-    layers="encoder.layer",
-    attn="attention",
-    scale={
-        "q": ("attention.self.query", "out", "plain"),
-        "k": ("attention.self.key", "out", "plain"),
-        "v": ("attention.self.value", "out", "plain"),
-        "up": ("output.dense", "in", "plain"),
-    },
-    rotary=False,
-    causal=False,
-)
-ARCHS: dict[str, Arch] = {
-    **{t: _LLAMA for t in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")},
-    "gpt2": _GPT2,
-    "gpt_neox": _NEOX,
-    "roberta": _ROBERTA,
-}
-
-
-def arch_of(model: nn.Module) -> Arch:
-    model_type = getattr(model.config, "model_type", None)
-    assert model_type in ARCHS, f"model_type '{model_type}' has no entry in ARCHS; known: {sorted(ARCHS)}"
-    return ARCHS[model_type]
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
-
-
-def layer_list(model: nn.Module) -> nn.ModuleList:
-    """The Transformer layers of a (causal-LM or bare) backbone."""
-    return _get(getattr(model, "base_model", model), arch_of(model).layers)
-
-
-def _features(mod: nn.Module, where: str) -> int:
-    if isinstance(mod, nn.Linear):
-        return mod.out_features if where == "out" else mod.in_features
-    if hasattr(mod, "nf"):  # transformers' Conv1D (GPT-2): weight is [in, out]
-        return mod.nf if where == "out" else mod.weight.shape[0]
-    raise TypeError(f"cannot read the feature size of {type(mod).__name__}")
-
-
-def scaling_dims(model: nn.Module, targets: Sequence[str]) -> dict[str, int]:
-    """Size of each scaling vector (in TARGETS order): e.g. Llama with GQA gives l_k, l_v of
-    num_key_value_heads * head_dim, not d_model (PARA assumes MHA)."""
-    arch, layer = arch_of(model), layer_list(model)[0]
-    unknown = [t for t in targets if t not in TARGETS]
-    assert not unknown, f"unknown scaling targets {unknown}; choose from {TARGETS}"
-    dims = {}
-    for t in TARGETS:
-        if t not in targets:
-            continue
-        assert t in arch.scale, (
-            f"target '{t}' does not exist in {model.config.model_type} (no gated FFN / no such module)")
-        path, where, layout = arch.scale[t]
-        n = _features(_get(layer, path), where)
-        dims[t] = n // 3 if layout != "plain" else n
-    return dims
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Instruction mask and sequence expansion
-# ----------------------------------------------------------------------------------------------------------
-def instruction_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Instruction (prompt) tokens, by masks only (no padding side assumed): attended tokens before the
-    first supervised label when `labels` are given (training rows: prompt + response); all attended tokens
-    otherwise (generation prefill)."""
-    instr = attention_mask.bool()
-    if labels is not None:
-        before_first = (labels != -100).long().cumsum(1) == 0
-        instr = instr & before_first
-    assert bool(instr.any(1).all()), "every row needs at least one instruction token (attended, label -100)"
-    return instr
-
-
 @dataclass
-class SoftLayout:
-    """A batch with `n` soft positions inserted per row (all tensors in expanded coordinates except `src`)."""
+class BackboneInputs:
+    """A batch in the coordinates the backbone sees (`SoftPromptInjector` inserts soft positions,
+    `ScalingInjector` leaves the caller's) and the map back to the caller's columns."""
 
-    input_ids: torch.Tensor  # [B, T+n], placeholder id at soft positions
-    attention_mask: torch.Tensor  # [B, T+n], 1 at soft positions
-    labels: torch.Tensor | None  # [B, T+n], -100 at soft positions
-    position_ids: torch.Tensor  # [B, T+n]
-    instr: torch.Tensor  # [B, T+n] bool, instruction tokens (soft positions excluded)
-    start: torch.Tensor  # [B] first soft position
-    src: torch.Tensor  # [B, T] expanded position whose logits predict the token after original token t
+    input_ids: torch.Tensor  # [B, T'] (T' = T + n_tokens for soft prompts)
+    attention_mask: torch.Tensor  # [B, T']
+    position_ids: torch.Tensor  # [B, T']
+    instr: torch.Tensor  # [B, T'] bool, instruction tokens in backbone coordinates
+    soft_start: torch.Tensor | None  # [B] first soft position, None without soft positions
+    gather: torch.Tensor | None  # [B, T] backbone column whose logits belong to caller column t, or None
 
-
-def insert_soft_positions(input_ids, attention_mask, labels, instr, n: int, position: str, fill_id: int,
-                          occupy_positions: bool = True) -> SoftLayout:
-    """Insert `n` positions per row before the first instruction token ("prepend"), right after the
-    last one ("append"), or right after the first one ("after_first": behind an encoder's [CLS]/<s>,
-    which its classification head reads), wherever each row's padding is. Positions (`position_ids`): with
-    `occupy_positions` the soft tokens count like real tokens (cumulative sum of the expanded mask, as HF
-    `generate` computes them); otherwise (absolute learned positions, GPT-2) real tokens keep their
-    original positions and soft tokens repeat the preceding token's."""
-    assert position in POSITIONS, f"position must be one of {POSITIONS}, got '{position}'"
-    B, T = input_ids.shape
-    dev = input_ids.device
-    ar = torch.arange(T, device=dev).expand(B, T)
-    if position in ("prepend", "after_first"):
-        at = torch.where(instr, ar, T).amin(1) + (position == "after_first")
-    else:
-        at = torch.where(instr, ar, -1).amax(1) + 1
-    newpos = ar + n * (ar >= at[:, None])  # where original token t goes
-    soft = at[:, None] + torch.arange(n, device=dev)  # [B, n]
-
-    def spread(x, fill):
-        out = x.new_full((B, T + n), fill)
-        return out.scatter(1, newpos, x)
-
-    ids = spread(input_ids, fill_id)
-    mask = spread(attention_mask.long(), 0).scatter(1, soft, 1)
-    lab = spread(labels, -100) if labels is not None else None
-    instr_x = spread(instr, False)
-    if occupy_positions:
-        pos = (mask.cumsum(1) - 1).masked_fill(mask == 0, 0)
-    else:
-        real = spread(attention_mask.long(), 0)
-        pos = (real.cumsum(1) - 1).clamp(min=0).masked_fill(mask == 0, 0)
-    src = newpos + n * (ar == (at - 1)[:, None])  # the token just before the block reads the last soft token
-    return SoftLayout(ids, mask.to(attention_mask.dtype), lab, pos, instr_x, at, src)
-
-
-def plain_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids from the mask (as HF `generate` computes them), so any padding side gives each row
-    the positions it would have alone."""
-    m = attention_mask.long()
-    return (m.cumsum(1) - 1).masked_fill(m == 0, 0)
-
-
-def left_align(input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Move every row's padding to the left (stable, keeps token order): generation needs prompts that
-    end at the last column, whatever padding side the caller used."""
-    order = torch.sort(attention_mask.long(), dim=1, stable=True).indices
-    return input_ids.gather(1, order), attention_mask.gather(1, order)
+    @property
+    def inserted(self) -> int:
+        """Columns the injector inserted per row (0 when the caller's coordinates are kept)."""
+        return 0 if self.gather is None else self.input_ids.shape[1] - self.gather.shape[1]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -319,13 +150,16 @@ class _ArgAccess:
 
 class _Injector:
     """Common part: layer discovery, the per-call hook on the base model, the prefill/decode decision,
-    generator dispatch (one generator, or one per tenant), and hook removal."""
+    generator dispatch (one generator, or one per tenant), the map of logits back to the caller's
+    columns, and hook removal. Subclasses give `prepare` (the backbone inputs of a batch)."""
+
+    reentrant_checkpointing = True  # whether reentrant activation checkpointing keeps the injection
 
     def __init__(self, model: nn.Module, layers: Sequence[int], generator: Generator,
                  read_layer: int | str | None = None):
         self.model, self.arch = model, arch_of(model)
         self.base = getattr(model, "base_model", model)
-        self.layers_list = _get(self.base, self.arch.layers)
+        self.layers_list = layer_list(model)
         L = len(self.layers_list)
         self.layers = sorted(set(int(i) for i in layers))
         assert self.layers and all(0 <= i < L for i in self.layers), f"layers {self.layers} not in [0, {L})"
@@ -344,6 +178,25 @@ class _Injector:
         layer0 = self.layers_list[0]
         self._hidden = _ArgAccess(layer0, "hidden_states")
         self._mask = _ArgAccess(layer0, "attention_mask")
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, instr: torch.Tensor) -> BackboneInputs:
+        """The backbone inputs of a batch given in the caller's coordinates (`instr`: its instruction mask)."""
+        raise NotImplementedError
+
+    def logits_back(self, logits: torch.Tensor, inputs: BackboneInputs) -> torch.Tensor:
+        """Backbone logits [B, T', V] -> the caller's columns [B, T, V] (logits[:, t] predict token t+1)."""
+        if inputs.gather is None:
+            return logits
+        return logits.gather(1, inputs.gather[..., None].expand(-1, -1, logits.shape[-1]))
+
+    def to_backbone(self, x: torch.Tensor, inputs: BackboneInputs) -> torch.Tensor:
+        """Per-token states [B, T, d] of the caller's columns placed at their backbone columns (zeros at
+        inserted ones)."""
+        if inputs.gather is None:
+            return x
+        return x.new_zeros((*inputs.input_ids.shape, x.shape[-1])).scatter(
+            1, inputs.gather[..., None].expand(-1, -1, x.shape[-1]), x)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -425,14 +278,31 @@ class SoftPromptInjector(_Injector):
     chosen one do not see the inserted positions (masked keys); layers after a chosen one propagate them
     like ordinary tokens until the next chosen layer replaces them. At decode they live in the KV cache."""
 
-    def __init__(self, model, layers, n_tokens: int, generator: Generator, read_layer: int | str | None = None):
+    def __init__(self, model, layers, n_tokens: int, generator: Generator, read_layer: int | str | None = None,
+                 position: str = "prepend"):
+        assert position in POSITIONS, f"position must be one of {POSITIONS}, got '{position}'"
         super().__init__(model, layers, generator, read_layer)
         assert n_tokens > 0, "n_tokens must be positive"
-        self.n = n_tokens
+        self.n, self.position = n_tokens, position
         wanted = set(self.layers) | set(range(self.layers[0]))
         if isinstance(read_layer, int):
             wanted.add(read_layer)
         self._register_layer_hooks(wanted, self._layer_pre)
+
+    def layout(self, input_ids, attention_mask, labels, instr) -> SoftLayout:
+        """`n_tokens` soft positions inserted at `position` (`insert_soft_positions`); placeholder id: the
+        pad id for encoders (skipped by their position ids), any non-pad id for decoders (the content is
+        never seen: masked, then replaced)."""
+        c = self.model.config
+        fill = c.pad_token_id if not self.arch.causal else next(
+            i for i in (c.bos_token_id, c.eos_token_id, 0, 1) if i is not None and i != c.pad_token_id)
+        return insert_soft_positions(input_ids, attention_mask, labels, instr, self.n, self.position, fill_id=fill,
+                                     occupy_positions=self.arch.rotary)
+
+    def prepare(self, input_ids, attention_mask, instr) -> BackboneInputs:
+        """The batch with its soft positions (`layout`); logits map back through the layout's `src`."""
+        lay = self.layout(input_ids, attention_mask, None, instr)
+        return BackboneInputs(lay.input_ids, lay.attention_mask, lay.position_ids, lay.instr, lay.start, lay.src)
 
     def _layer_pre(self, i: int, args, kwargs):
         st = self.state
@@ -490,6 +360,8 @@ class ScalingInjector(_Injector):
     V' = l_v * V, U' = l_u * U; PARADE-3 also l_k, l_gate). The generator returns [B, 1, sum(dims)],
     split in TARGETS order. Vectors are generated at prefill and kept per row for decode steps."""
 
+    reentrant_checkpointing = False  # multipliers reach a recomputed layer through keyword arguments
+
     def __init__(self, model, layers, targets: Sequence[str], generator: Generator, read_layer: int | str | None = None):
         super().__init__(model, layers, generator, read_layer)
         self.dims = scaling_dims(model, targets)
@@ -507,7 +379,7 @@ class ScalingInjector(_Injector):
             if layout == "plain":
                 self._recipes[path] = (where, [(t, self.dims[t])], None)
                 continue
-            full = _features(_get(layer0, path), "out")
+            full = features(layer0.get_submodule(path), "out")
             d = full // 3
             parts = [(s if s in self.dims else None, d) for s in ("q", "k", "v")]
             perm = None
@@ -520,15 +392,19 @@ class ScalingInjector(_Injector):
         self._last = list(self._recipes)[-1]
         for i in self.layers:
             layer = self.layers_list[i]
-            self._handles.append(_get(layer, self.arch.attn).register_forward_pre_hook(
+            self._handles.append(layer.get_submodule(self.arch.attn).register_forward_pre_hook(
                 lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True))
             for path, (where, _, _) in self._recipes.items():
-                mod = _get(layer, path)
+                mod = layer.get_submodule(path)
                 if where == "out":
                     h = mod.register_forward_hook(lambda m, a, out, i=i, p=path: self._scale_out(i, p, out))
                 else:
                     h = mod.register_forward_pre_hook(lambda m, a, i=i, p=path: self._scale_in(i, p, a))
                 self._handles.append(h)
+
+    def prepare(self, input_ids, attention_mask, instr) -> BackboneInputs:
+        """The caller's batch unchanged, with positions from the mask (`plain_positions`)."""
+        return BackboneInputs(input_ids, attention_mask, plain_positions(attention_mask), instr, None, None)
 
     def _layer_pre(self, i: int, args, kwargs):
         st = self.state

@@ -38,6 +38,15 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.
     return w * mask.to(w.dtype)
 
 
+def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `x` [B, T, d] over the positions where `mask` [B, T] is true: [B, d], zero when none
+    (`MeanPooler`, SMoP's router input)."""
+    m = mask.bool()
+    x = x.masked_fill(~m[..., None], 0.0)
+    count = m.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # [B, 1]
+    return x.sum(dim=1) / count
+
+
 class MeanPooler(nn.Module):
     """Average of the instruction tokens' states (IAPT's ablation IAPT-1, ID-SPAM's 'mean-pooling')."""
 
@@ -49,8 +58,7 @@ class MeanPooler(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x, m = _prepare(x, mask)
-        count = m.sum(dim=1, keepdim=True).clamp(min=1).to(x.dtype)  # [B, 1]
-        return (x.sum(dim=1) / count)[:, None, :]
+        return mean_pool(x, m)[:, None, :]
 
 
 class MaxPooler(nn.Module):
