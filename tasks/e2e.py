@@ -29,8 +29,11 @@ LORA_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt
 class E2eConfig(TaskConfig):
     name: str = "e2e"
     max_new_tokens: int = 128  # the longest references are about 70 words
-    local_format: str = "auto"  # auto | csv | lora: which original file format data_dir holds
+    # which original file format data_dir holds: auto (csv if trainset.csv exists, else LoRA's train.txt in
+    # data_dir or data_dir/lora_format) | csv | lora
+    local_format: str = "auto"
     group_references: bool = True  # dev/test: one example per MR with all its references (E2E protocol)
+    # inherited split_seed is unused: E2E keeps its own train/dev/test
 
 
 @register_task("e2e", E2eConfig)

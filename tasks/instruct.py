@@ -121,8 +121,11 @@ class MtBenchConfig(TaskConfig):
     """Fields of tasks tested on MT-Bench."""
 
     max_new_tokens: int = 512  # MT-Bench answers are long
-    mt_bench_dir: str | None = None  # local FastChat MT-Bench folder (question.jsonl, ...); null = hub Space
-    judge_url: str | None = None  # OpenAI-compatible API base for the Appendix E judge; null = $HARNESS_JUDGE_URL
+    # local FastChat MT-Bench folder (question.jsonl, reference_answer/gpt-4.jsonl);
+    # null = hub Space lmsys/mt-bench
+    mt_bench_dir: str | None = None
+    # API base (OpenAI-compatible) of the Appendix E GPT-4 judge; null = $HARNESS_JUDGE_URL, unset = no judge
+    judge_url: str | None = None
     judge_model: str = "gpt-4"  # judge model name sent to the endpoint
     judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the endpoint's key
     judge_baseline: str | None = None  # jsonl (id, prediction) of the other assistant; null = GPT-4's answer
@@ -257,7 +260,8 @@ MMLU_COLUMNS = ["question", "A", "B", "C", "D", "answer"]  # original CSVs have 
 class MmluConfig(TaskConfig):
     name: str = "mmlu"
     max_new_tokens: int = 4  # one letter
-    source: str | None = "ultrachat"  # training data: ultrachat (para.txt protocol) | mmlu (none: zero-shot)
+    # training data: ultrachat (para.txt protocol) | mmlu (no training data, zero-shot; dev = MMLU validation)
+    source: str | None = "ultrachat"
     source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)
 
 

@@ -26,6 +26,7 @@ class SynthCompareConfig(TaskConfig):
     n_train: int = 2000  # generated training rows
     n_validation: int = 400  # generated validation rows (halved into dev and test, Appendix C)
     max_value: int = 999  # numbers are drawn from [0, max_value]
+    # inherited split_seed also seeds the generator: the same data for every run seed
 
 
 @register_task("synth-compare", SynthCompareConfig)
