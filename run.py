@@ -54,14 +54,21 @@ def check_choices(argv: list[str]) -> None:
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
-    from runners.train import run
+    from runners.results import RunLocked
+    from runners.train import RunFailed, run
 
     logging.getLogger("transformers").setLevel(logging.WARNING)
     try:
         record = run(cfg)
+    except RunLocked as e:  # another process trains this run: skip it, and let a sweep go on
+        print(one_line(e), file=sys.stderr)
+        return
     except UserError as e:  # one clear line, non-zero exit, even inside a Hydra sweep
         print(one_line(e), file=sys.stderr)
         raise SystemExit(2) from None
+    except RunFailed as e:  # the run started and raised: one line naming its failed record
+        print(f"error: run failed: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
     state = "skipped (exists)" if record.get("skipped") else f"done in {record['wall_time_s']:.0f} s"
     print(f"[{record['backbone']}/{record['task']}/{record['cell']}/seed{record['seed']}] {state}: "
           f"test {record['metrics']}")

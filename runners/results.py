@@ -3,17 +3,27 @@
     results/runs/<backbone>/<task>/<cell>/seed<k>.json          # cell = variant or method name
     results/runs/<backbone>/<task>/<cell>/seed<k>.predictions.jsonl
 
-A record whose recorded config differs from the requested one (in anything but the seed and the
-keys in NOT_COMPARED) is an error, never a silent skip: ablations carry `variant=<name>`.
+    results/runs/<backbone>/<task>/<cell>/seed<k>.failed.json   # a run that raised: error + traceback
+    results/runs/<backbone>/<task>/<cell>/seed<k>.lock          # held while the run trains (pid, host, start)
+
+A cell is one config: every record of a cell has the same resolved config apart from the seed and the
+keys in NOT_COMPARED. A run whose config differs from its own finished record, or from the cell's other
+seeds, is an error naming the differing keys, never a silent skip or a mixed median: ablations carry
+`variant=<name>`. `force=true` replaces the run's own record (also a corrupt one), never the cell's others.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import os
 import platform
+import socket
 import subprocess
 import tempfile
+import time
+import traceback
 from importlib import metadata
 
 from omegaconf import OmegaConf
@@ -21,6 +31,8 @@ from omegaconf import OmegaConf
 from core.errors import UserError
 
 SCHEMA_VERSION = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).
 NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "print_table", "experiment",
                 "runner.cache_dir", "runner.device", "runner.num_threads", "runner.logging_steps"}
@@ -64,21 +76,132 @@ def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def load_finished(path: str, config: dict, drop_method: bool = False) -> dict | None:
-    """The finished record at `path` if its config matches `config`; None if absent; UserError if it differs."""
-    if not os.path.exists(path):
+class CorruptRecord(UserError):
+    """A record file that cannot be read as a record (truncated, edited, not JSON)."""
+
+
+def read_record(path: str) -> dict:
+    """The record at `path`; CorruptRecord naming the file when it is not a readable record."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptRecord(f"{path} is not a readable run record ({type(e).__name__}: {e}); "
+                            "rerun that seed with force=true to replace it") from None
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict) or "status" not in record:
+        raise CorruptRecord(f"{path} is not a run record (no status/config); rerun that seed with force=true")
+    return record
+
+
+def _diff_message(path: str, diffs: list[str]) -> str:
+    return f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}"
+
+
+def load_finished(path: str, config: dict, drop_method: bool = False, force: bool = False) -> dict | None:
+    """The finished record at `path` if its config matches `config`; None if absent, failed, or
+    `force` (which replaces it, corrupt or not); UserError naming the keys if the config differs."""
+    if force or not os.path.exists(path):
         return None
-    with open(path) as f:
-        record = json.load(f)
+    record = read_record(path)
     if record.get("status") != "ok":
         return None
     diffs = diff_keys(comparable(record["config"], drop_method), comparable(config, drop_method))
     if diffs:
         raise UserError(
-            f"{path} was produced by a different config ({'; '.join(diffs[:4])}"
-            f"{'; ...' if len(diffs) > 4 else ''}); give this run its own `variant=<name>`, or `force=true` to overwrite"
-        )
+            f"{path} was produced by a different config ({_diff_message(path, diffs)}); give this run its own "
+            "`variant=<name>`, or add force=true to replace this seed's record")
     return record
+
+
+def cell_records(path: str) -> list[tuple[str, dict]]:
+    """(path, record) of the finished records of the other seeds in `path`'s cell folder."""
+    out = []
+    for other in sorted(glob.glob(os.path.join(os.path.dirname(path), "seed*.json"))):
+        name = os.path.basename(other)
+        if other == path or not name[4:-5].isdigit():  # seed<k>.json only (not .failed.json)
+            continue
+        rec = read_record(other)
+        if rec.get("status") == "ok":
+            out.append((other, rec))
+    return out
+
+
+def check_cell(path: str, config: dict, drop_method: bool = False) -> None:
+    """UserError when a finished record of another seed in this cell has a different config."""
+    for other, rec in cell_records(path):
+        diffs = diff_keys(comparable(rec["config"], drop_method), comparable(config, drop_method))
+        if diffs:
+            raise UserError(
+                f"cell {os.path.dirname(path)} already holds {os.path.basename(other)} with another config "
+                f"({_diff_message(other, diffs)}): a cell is one config; give this run its own `variant=<name>`")
+
+
+def failed_path(path: str) -> str:
+    return path[: -len(".json")] + ".failed.json"
+
+
+def write_failed(path: str, cfg_record: dict, error: BaseException, stage: str) -> str:
+    """Record a run that raised: status failed, the error in one line and its traceback, beside `path`."""
+    where = failed_path(path)
+    record = dict(cfg_record, status="failed", stage=stage, error=f"{type(error).__name__}: {error}".splitlines()[0],
+                  traceback="".join(traceback.format_exception(type(error), error, error.__traceback__))[-20_000:],
+                  failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    write_json(where, record)
+    return where
+
+
+def clear_failed(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(failed_path(path))
+
+
+class RunLocked(UserError):
+    """Another live process holds this run's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(path: str):
+    """One writer per run: `seed<k>.lock` (pid, host, start time) created exclusively. A lock held by a
+    live process raises RunLocked (one line); a stale one (dead pid on this host) is taken over."""
+    lock = path[: -len(".json")] + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o664)
+        except FileExistsError:
+            try:
+                with open(lock) as f:
+                    held = json.load(f)
+            except (OSError, json.JSONDecodeError):
+                held = {}
+            same_host = held.get("host") == me["host"]
+            if held and (not same_host or _alive(int(held.get("pid", -1)))):
+                raise RunLocked(f"{path} is being run by pid {held.get('pid')} on {held.get('host')} since "
+                                f"{held.get('started')} (lock {lock}); skipped") from None
+            with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                os.remove(lock)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise RunLocked(f"{path}: could not take the lock {lock}")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -86,6 +209,7 @@ def atomic_write_text(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the group to read
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -10,11 +10,13 @@ from omegaconf import DictConfig
 
 
 def print_cell_table(results_dir: str, backbone: str, task: str) -> None:
-    from runners.aggregate import load_records, summarize, to_markdown
+    from runners.aggregate import problems_markdown, scan, summarize, to_markdown
 
-    records = [r for r in load_records(results_dir) if r["backbone"] == backbone and r["task"] == task]
+    found, problems = scan(results_dir)
+    records = [r for r in found if r["backbone"] == backbone and r["task"] == task]
+    problems = [p for p in problems if p["backbone"] == backbone and p["task"] == task]
     print(f"\n== {backbone} / {task}: median over seeds (test split) ==")
-    print(to_markdown(summarize(records)), end="")
+    print(to_markdown(summarize(records)) + problems_markdown(problems), end="")
     print(f"result files: {os.path.join(results_dir, backbone, task)}/")
     wandb_dirs = sorted({r.get("wandb_dir") for r in records if r.get("wandb_dir")})
     if wandb_dirs:

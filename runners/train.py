@@ -150,8 +150,8 @@ def _wandb_finish(record: dict) -> str | None:
 def zero_shot(cfg, model, tok, splits, device, config: dict, protocol: str) -> dict:
     """Score the untrained backbone on test once per (backbone, task, runner): the reference row."""
     path = R.result_path(cfg, ZERO_SHOT).replace(f"seed{cfg.seed}.json", "seed0.json")
-    done = R.load_finished(path, config, drop_method=True)
-    if done and not cfg.force:
+    done = R.load_finished(path, config, drop_method=True, force=cfg.force)
+    if done:
         return done
     t0 = time.time()
     task = build_task(cfg.task)
@@ -169,16 +169,90 @@ def zero_shot(cfg, model, tok, splits, device, config: dict, protocol: str) -> d
     return record
 
 
+class RunFailed(Exception):
+    """A run raised after it started; its failed record (error and traceback) is at `path`."""
+
+    def __init__(self, error: BaseException, path: str):
+        super().__init__(f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''} "
+                         f"(failed record with the traceback: {path})")
+        self.error, self.path = error, path
+
+
+class HarnessTrainer(Trainer):
+    """HF Trainer that stops at the first non-finite training loss. Trainer's own `logging_nan_inf_filter`
+    would replace it by the running mean in the logs and keep training on NaN weights."""
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.state.global_step + 1}; "
+                                     "lower runner.lr, or use runner.dtype=float32")
+        return loss
+
+
+def validate_settings(cfg) -> None:
+    """Runner and generation settings checked before any data or model is loaded (one line each)."""
+    r, t = cfg.runner, cfg.task
+    positive = {"runner.num_beams": r.num_beams, "runner.eval_batch_size": r.eval_batch_size,
+                "runner.micro_batch_size": r.micro_batch_size, "runner.eval_steps": r.eval_steps,
+                "runner.patience": r.patience, "runner.max_seq_len": r.max_seq_len,
+                "runner.logging_steps": r.logging_steps, "task.max_new_tokens": t.max_new_tokens}
+    for key, value in positive.items():
+        if value is None or value < 1:
+            raise UserError(f"{key}={value} must be an integer >= 1")
+    if not r.lr > 0:
+        raise UserError(f"runner.lr={r.lr} must be > 0")
+    if r.batch_size is not None and r.batch_size < 1:
+        raise UserError(f"runner.batch_size={r.batch_size} must be >= 1 or null (Appendix F's rule)")
+    if r.max_seq_len <= t.max_new_tokens + 8:
+        raise UserError(f"runner.max_seq_len={r.max_seq_len} leaves no room for a prompt before "
+                        f"task.max_new_tokens={t.max_new_tokens} new tokens")
+    if r.dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"runner.dtype='{r.dtype}' is not one of float32, bfloat16, float16")
+    for key, value in (("max_train_examples", r.max_train_examples), ("max_dev_examples", r.max_dev_examples),
+                       ("max_test_examples", r.max_test_examples)):
+        if value is not None and value < 1:
+            raise UserError(f"runner.{key}={value} must be >= 1 or null (all rows)")
+    resolve_device(r.device)
+
+
 def run(cfg) -> dict:
-    """Run one (backbone, method, task, seed) cell, or return its finished record."""
+    """Run one (backbone, method, task, seed) cell, or return its finished record. One process trains
+    a run at a time (a lock file); a run that raises leaves a failed record beside its result path."""
     config = R.to_container(cfg)
-    cell = R.cell_name(cfg)
     path = R.result_path(cfg)
-    done = R.load_finished(path, config)
-    if done and not cfg.force:
+    done = R.load_finished(path, config, force=cfg.force)
+    if done:
         log.info("skip: %s exists (force=true reruns it)", path)
         done["skipped"] = True
         return done
+    validate_settings(cfg)
+    R.check_cell(path, config)
+    with R.run_lock(path):
+        done = R.load_finished(path, config, force=cfg.force)  # finished by another process meanwhile?
+        if done:
+            done["skipped"] = True
+            return done
+        try:
+            record = _run(cfg, config, path)
+        except Exception as e:
+            where = R.write_failed(path, _stub_record(cfg, config), e, stage="run")
+            log.error("run failed: %s (%s)", e, where)
+            if isinstance(e, UserError):
+                raise
+            raise RunFailed(e, where) from e
+        R.clear_failed(path)
+        return record
+
+
+def _stub_record(cfg, config: dict) -> dict:
+    return {"schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
+            "method": cfg.method.name, "variant": cfg.variant, "cell": R.cell_name(cfg), "seed": cfg.seed,
+            "config": config}
+
+
+def _run(cfg, config: dict, path: str) -> dict:
+    cell = R.cell_name(cfg)
     runner = cfg.runner
     t0 = time.time()
     if runner.num_threads:
@@ -239,13 +313,15 @@ def run(cfg) -> dict:
         collator = TrainCollator(tok.pad_token_id)
         optimizer, method_callbacks = training_setup(built, runner, dev_rows, collator, batch_size=micro,
                                                      seed=cfg.seed, device=device)
-        trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
+        trainer = HarnessTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
                           data_collator=collator, callbacks=[best, *method_callbacks], optimizers=(optimizer, None))
         trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
         trainer.evaluate()  # step-0 dev loss: the start of the curve
         trainer.train()
         if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
+        if best.best_state is None or not math.isfinite(best.best_loss):
+            raise FloatingPointError(f"no finite dev loss in {len(best.dev_curve)} evaluations: nothing to restore")
         history = list(trainer.state.log_history)
         is_main = trainer.is_world_process_zero()
     best.restore()

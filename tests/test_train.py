@@ -52,9 +52,9 @@ def test_finished_run_is_skipped_without_training(tmp_results, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished run must not train again")
 
-    monkeypatch.setattr(runners.train, "Trainer", no_training)
+    monkeypatch.setattr(runners.train, "HarnessTrainer", no_training)
     assert run_cfg("seed=1")["skipped"]
-    with pytest.raises(AssertionError, match="must not train"):
+    with pytest.raises(runners.train.RunFailed, match="must not train"):  # force=true trains again
         run_cfg("seed=1", "force=true")
 
 
