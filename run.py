@@ -52,6 +52,73 @@ def check_choices(argv: list[str]) -> None:
             raise UserError(f"unknown {key} '{value}'; valid: {', '.join(names)}.{hint}")
 
 
+def _selected(argv: list[str], group: str) -> str | None:
+    """The option of `group` this command line selects: its own `group=x`, else an experiment's
+    `override /group: x`, else conf/config.yaml's default."""
+    import yaml
+
+    def defaults_of(path: str) -> dict:
+        with open(path, encoding="utf-8") as f:
+            items = (yaml.safe_load(f) or {}).get("defaults", [])
+        out = {}
+        for item in items:
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    out[str(k).replace("override ", "").lstrip("/").removeprefix("optional ").strip()] = v
+        return out
+
+    chosen = defaults_of(os.path.join(CONF, "config.yaml")).get(group)
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "experiment" and value and value != "null" and not any(c in value for c in ",()*"):
+            chosen = defaults_of(os.path.join(CONF, "experiment", f"{value}.yaml")).get(group, chosen)
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == group:
+            chosen = value
+    return chosen if isinstance(chosen, str) and not any(c in chosen for c in ",()*") else None
+
+
+def check_keys(argv: list[str]) -> None:
+    """Unknown keys (runner.lrr=1e-3, +runner.lrr=..., seeds=0..4) fail with the closest valid key, before
+    Hydra's multi-line message and its advice to append the typo with `+`, which would run it ignored."""
+    import dataclasses
+    import difflib
+
+    from core.schema import BackboneConfig, LoggerConfig, RunConfig, RunnerConfig
+    from pefts.registry import METHODS
+    from tasks.registry import TASKS
+
+    schemas = {"runner": lambda name: RunnerConfig, "backbone": lambda name: BackboneConfig,
+               "logger": lambda name: LoggerConfig, "method": lambda name: METHODS.get(name).schema,
+               "task": lambda name: TASKS.get(name).schema}
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or key.startswith("hydra.") or key.startswith("-"):
+            continue
+        group, dot, field = key.partition(".")
+        if not dot:  # a top-level key
+            valid = [f.name for f in dataclasses.fields(RunConfig)]
+            name, what = group, "top-level key"
+        elif group in schemas:
+            chosen = _selected(argv, group)
+            if chosen is None or chosen == "null":
+                continue
+            try:
+                schema = schemas[group](chosen)
+            except KeyError:
+                continue  # an unknown option: check_choices names it
+            valid = [f.name for f in dataclasses.fields(schema)]
+            name, what = field.split(".")[0], f"key of {group} '{chosen}'"
+        else:
+            continue
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f" Did you mean '{(group + '.' if dot else '') + close[0]}'?" if close else ""
+            raise UserError(f"unknown {what}: '{key}'; valid: {', '.join(valid)}.{hint}")
+
+
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     from runners.results import RunLocked
@@ -77,5 +144,6 @@ def main(cfg: DictConfig) -> None:
 if __name__ == "__main__":
     argv = exit_on_user_error(expand_argv, sys.argv[1:])
     exit_on_user_error(check_choices, argv)
+    exit_on_user_error(check_keys, argv)
     sys.argv = [sys.argv[0], *argv]
     main()

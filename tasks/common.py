@@ -14,12 +14,33 @@ import logging
 import random
 from dataclasses import dataclass
 
+from core.errors import UserError
 from tasks.base import Task, TaskConfig, appendix_c_split
 
 log = logging.getLogger(__name__)
 
 PAPER = "paper"  # task.protocol when the splits follow iapt.txt Appendix C (or the task's documented rule)
 CARVED = "carved-from-validation (NOT the papers' protocol)"
+
+
+OFFLINE_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "DatasetNotFoundError",
+                  "ConnectTimeout", "ReadTimeout", "MaxRetryError", "NameResolutionError")
+
+
+def _offline(e: BaseException) -> bool:
+    """True when `e` (or what caused it) says the hub could not be reached."""
+    while e is not None:
+        if type(e).__name__ in OFFLINE_ERRORS or "Couldn't reach" in str(e) or "offline mode" in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def hub_unreachable(repo: str, e: BaseException) -> UserError:
+    return UserError(f"hub dataset '{repo}' cannot be loaded here ({type(e).__name__}: "
+                     f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else 'no network'}); pass "
+                     "data_dir=<folder with the original files> (../shared/data/README.md lists them), or cache it on "
+                     "a networked machine with `python -m scripts.prefetch tasks=<name>` and run with HF_HUB_OFFLINE=1")
 
 
 def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | None = None) -> dict[str, list[dict]]:
@@ -36,10 +57,14 @@ def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | Non
     except Exception as e:
         script = isinstance(e, RuntimeError) and "scripts are no longer supported" in str(e)
         if not script and not datasets.config.HF_HUB_OFFLINE:
+            if _offline(e):
+                raise hub_unreachable(repo, e) from None
             raise
         try:  # the Parquet export (also what an offline run finds cached for such a repository)
             ds = datasets.load_dataset(repo, revision="refs/convert/parquet", data_dir=config or "default")
-        except Exception:
+        except Exception as e2:
+            if _offline(e2) or _offline(e):
+                raise hub_unreachable(repo, e2 if script else e) from None
             if script:
                 raise
             raise e from None
@@ -57,7 +82,20 @@ def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[
 
     out = {}
     for split, path in files.items():
-        ds = datasets.load_dataset(builder, data_files={split: path}, **kwargs)
+        try:
+            ds = datasets.load_dataset(builder, data_files={split: path}, **kwargs)
+        except Exception as e:  # DatasetGenerationError hides the cause (empty file, ragged rows) in a chain
+            cause = e
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__
+            msg = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+            if "corresponds to no data" in msg:
+                raise UserError(f"data file '{path}' ({split}) has no data rows") from None
+            how = f" with delimiter {kwargs['delimiter']!r}" if kwargs.get("delimiter") else ""
+            raise UserError(f"data file '{path}' ({split}) cannot be read as {builder}{how} "
+                            f"({type(cause).__name__}: {msg})") from None
+        if not len(ds[split]):
+            raise UserError(f"data file '{path}' ({split}) has no rows")
         out[split] = [dict(r) for r in ds[split]]
     return out
 
