@@ -93,7 +93,7 @@ def read_record(path: str) -> dict:
     return record
 
 
-def _diff_message(path: str, diffs: list[str]) -> str:
+def _diff_message(diffs: list[str]) -> str:
     return f"{'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}"
 
 
@@ -108,7 +108,7 @@ def load_finished(path: str, config: dict, drop_method: bool = False, force: boo
     diffs = diff_keys(comparable(record["config"], drop_method), comparable(config, drop_method))
     if diffs:
         raise UserError(
-            f"{path} was produced by a different config ({_diff_message(path, diffs)}); give this run its own "
+            f"{path} was produced by a different config ({_diff_message(diffs)}); give this run its own "
             "`variant=<name>`, or add force=true to replace this seed's record")
     return record
 
@@ -133,7 +133,7 @@ def check_cell(path: str, config: dict, drop_method: bool = False) -> None:
         if diffs:
             raise UserError(
                 f"cell {os.path.dirname(path)} already holds {os.path.basename(other)} with another config "
-                f"({_diff_message(other, diffs)}): a cell is one config; give this run its own `variant=<name>`")
+                f"({_diff_message(diffs)}): a cell is one config; give this run its own `variant=<name>`")
 
 
 def failed_path(path: str) -> str:
