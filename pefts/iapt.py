@@ -42,6 +42,7 @@ class IaptConfig(MethodConfig):
     # W_up = 0, b_up = 0: generated tokens start as zero vectors, so training starts near the frozen backbone
     # (RTE dev loss on SmolLM2: 8.93 vs backbone 9.28; nn.Linear default init: 13.65)
     init: str = "zero_up"
+    init_std: float = 1e-3  # std of W_up under init=small_normal (nn.Linear's default for m=256 is 0.036)
     layers: Any = "all"  # layers that get generated prompts: all, or a list of indices
     # soft block before the instruction; append = right after it (docs/deviations.md)
     position: str = "prepend"
@@ -63,7 +64,8 @@ def build(model, cfg: IaptConfig):
         raise ValueError(f"method.init=zero_up needs method.layers=all (got {cfg.layers}): zero soft tokens that "
                          "pass through later layers give NaN gradients; use method.init=default")
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
-                           activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init)
+                           activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init,
+                           init_std=cfg.init_std)
     fam = build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
                        position=cfg.position, generator_factory=factory)
     theta = fam.architecture_parameters()  # the rational activations' a_j, b_i (none for gelu/relu)

@@ -114,3 +114,23 @@ def test_frozen_up_bias_keeps_identity_at_init_and_is_not_trained():
     assert biases and all(not p.requires_grad for n, p in fam.named_parameters() if n.endswith("up.bias"))
     with torch.no_grad():
         assert torch.allclose(fam(**batch).logits, ref, atol=1e-5), "vectors are ones at step 0"
+
+
+@pytest.mark.parametrize("init", ["zero_up", "small_normal", "default"])
+def test_iapt_inits_set_the_up_projection_as_documented(init):
+    """iapt.txt gives no init; the candidates of docs/deviations.md "IAPT initialisation"."""
+    cfg = compose("method=iapt", f"method.init={init}", "method.init_std=0.003")
+    torch.manual_seed(0)
+    model, _ = load_backbone(cfg.backbone)
+    fam = build_method(model, cfg.method)
+    ups = [p for n, p in fam.named_parameters() if n.endswith("up.weight")]
+    biases = [p for n, p in fam.named_parameters() if n.endswith("up.bias")]
+    assert ups and biases
+    std = torch.cat([p.detach().flatten() for p in ups]).std().item()
+    if init == "zero_up":
+        assert std == 0 and all(not b.any() for b in biases)
+    elif init == "small_normal":
+        assert 0.0025 < std < 0.0035 and all(not b.any() for b in biases)
+    else:  # nn.Linear: U(-1/sqrt(m), 1/sqrt(m)), std 1/sqrt(3m)
+        m = ups[0].shape[1]
+        assert abs(std - (3 * m) ** -0.5) < 0.2 * (3 * m) ** -0.5

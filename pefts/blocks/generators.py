@@ -29,7 +29,7 @@ from torch import nn
 from pefts.blocks.activations import Rational, make_activation
 from pefts.blocks.poolers import make_pooler
 
-INIT_MODES = ("default", "zero_up", "zero_up_ones_bias")
+INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
 
 
 def init_generator_(
@@ -38,7 +38,8 @@ def init_generator_(
     """Initialise a generator's projections in place.
 
     'default': leave nn.Linear's own init. 'zero_up': W_up = 0, b_up = 0 (soft tokens start as zero
-    vectors). 'zero_up_ones_bias' (PARA section 4.3, PARADE section 4.3):
+    vectors). 'small_normal': W_up ~ N(0, `std`), b_up = 0, down as nn.Linear (small, nonzero soft tokens:
+    off RMSNorm's singular point at 0, see docs/deviations.md "IAPT initialisation"). 'zero_up_ones_bias' (PARA section 4.3, PARADE section 4.3):
     W_down ~ `dist` with mean 0 and std `std` ('normal': PARA; 'uniform': PARADE), down bias 0,
     W_up = 0 and b_up = 1, so a scaling-vector generator outputs exactly ones at step 0 and the
     model equals its frozen backbone."""
@@ -49,6 +50,12 @@ def init_generator_(
     if mode == "zero_up":  # generated soft tokens start as zero vectors: the backbone is barely disturbed
         with torch.no_grad():
             up.weight.zero_()
+            if up.bias is not None:
+                up.bias.zero_()
+        return
+    if mode == "small_normal":
+        with torch.no_grad():
+            nn.init.normal_(up.weight, std=std)
             if up.bias is not None:
                 up.bias.zero_()
         return
