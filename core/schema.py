@@ -65,6 +65,10 @@ class RunnerConfig:
     logging_steps: int = 10  # train-loss logging interval (steps)
     # write the best PEFT weights alone beside the record (seed<k>.peft.safetensors; pefts/io.py)
     save_peft: bool = True
+    # resume a killed run from its last checkpoint (seed<k>.ckpt beside the record, written at every dev
+    # evaluation, removed when the record is written; runners/checkpoint.py); false starts from scratch
+    resume: bool = True
+    progress: str = "auto"  # progress bars: auto (on a terminal and not in CI) | on | off
     num_threads: int | None = None  # torch CPU threads (null = torch default)
     # cache of converted backbone weights (GGUF de-quantized to safetensors); $HARNESS_CACHE if set
     cache_dir: str = "${oc.env:HARNESS_CACHE,${oc.env:HOME}/.cache/peft-harness}"

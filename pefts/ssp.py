@@ -191,6 +191,12 @@ class SspPrune(TrainerCallback):
     def _prune(self, step: int) -> None:
         self.result = dict(prune(self.model, self.budget), step=step)
 
+    def state_dict(self) -> dict:  # a resumed run (runners/checkpoint.py) must not prune twice
+        return {"result": self.result}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.result = state["result"]
+
     def on_train_begin(self, args, state, control, **kw):
         self.prune_step = math.ceil(self.search_frac * state.max_steps)
         if self.prune_step <= 0 and self.result is None:

@@ -50,6 +50,15 @@ class BilevelCallback(TrainerCallback):
         batch = self.collator([self.rows[i] for i in idx])
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def state_dict(self) -> dict:  # runners/checkpoint.py: Θ's optimizer and the dev-batch stream
+        return {"opt": self.opt.state_dict(), "rng": self.rng.getstate(), "order": list(self.order),
+                "dev_steps": self.dev_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.rng.setstate(state["rng"])
+        self.order, self.dev_steps = list(state["order"]), state["dev_steps"]
+
     def _trainable(self, flag: bool) -> None:
         for p in self.params:
             p.requires_grad_(flag)

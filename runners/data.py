@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from tasks.base import Example, format_example
+
+log = logging.getLogger(__name__)
 
 
 def _fit(prompt: list[int], resp: list[int], max_len: int) -> tuple[list[int], list[int]]:
@@ -24,11 +27,20 @@ def _fit(prompt: list[int], resp: list[int], max_len: int) -> tuple[list[int], l
     return prompt, resp[: max_len - len(prompt)]
 
 
-def encode_train(examples: list[Example], tok, template: str, max_seq_len: int) -> list[dict]:
-    rows = []
+def encode_train(examples: list[Example], tok, template: str, max_seq_len: int, what: str = "") -> list[dict]:
+    """Training rows; examples longer than `max_seq_len` are truncated by `_fit`, counted and reported
+    in one warning (`what` names them there, e.g. 'sst2 train')."""
+    rows, cut, resp_cut = [], 0, 0
     for ex in examples:
-        prompt, resp = _fit(*format_example(tok, ex.query, ex.response, template), max_seq_len)
+        full_prompt, full_resp = format_example(tok, ex.query, ex.response, template)
+        prompt, resp = _fit(full_prompt, full_resp, max_seq_len)
+        cut += len(full_prompt) + len(full_resp) > max_seq_len
+        resp_cut += len(resp) < len(full_resp)
         rows.append({"input_ids": prompt + resp, "labels": [-100] * len(prompt) + resp})
+    if cut:
+        log.warning("%s%d of %d examples longer than max_seq_len=%d tokens were truncated (the prompt is cut "
+                    "from the left, keeping its first token%s)", f"{what}: " if what else "", cut, len(examples),
+                    max_seq_len, f"; {resp_cut} also lost response tokens from the right" if resp_cut else "")
     return rows
 
 
@@ -62,10 +74,18 @@ def left_pad(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def prompt_batches(examples: list[Example], tok, template: str, max_prompt_len: int, batch_size: int):
+def prompt_batches(examples: list[Example], tok, template: str, max_prompt_len: int, batch_size: int,
+                   what: str = ""):
     """Yield (input_ids, attention_mask, examples) left-padded for generation, longest prompts first
-    within the order of the input (stable) so padding waste stays small."""
-    prompts = [_fit(format_example(tok, ex.query, None, template)[0], [], max_prompt_len)[0] for ex in examples]
+    within the order of the input (stable) so padding waste stays small. Prompts longer than
+    `max_prompt_len` are cut from the left (keeping the first token), counted in one warning."""
+    full = [format_example(tok, ex.query, None, template)[0] for ex in examples]
+    prompts = [_fit(p, [], max_prompt_len)[0] for p in full]
+    cut = sum(len(p) > max_prompt_len for p in full)
+    if cut:
+        log.warning("%s%d of %d prompts longer than %d tokens (runner.max_seq_len minus task.max_new_tokens) were "
+                    "cut from the left, keeping their first token", f"{what}: " if what else "", cut, len(examples),
+                    max_prompt_len)
     order = sorted(range(len(examples)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

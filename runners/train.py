@@ -10,18 +10,22 @@ test predictions, generated through the LM head with beam search.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from core.errors import UserError
-from pefts.io import save_peft
+from pefts.io import load_peft, save_peft
 from pefts.registry import build_peft
+from runners import checkpoint as C
 from runners import results as R
 from runners.backbones import load_backbone
 from runners.bilevel import training_setup
@@ -40,6 +44,13 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("runner.device='cuda' but no CUDA device is available; use runner.device=cpu or auto")
     return name
+
+
+def show_progress(runner) -> bool:
+    """Progress bars: runner.progress=on/off, or auto: on a terminal, off in CI and in logs."""
+    if runner.progress != "auto":
+        return runner.progress == "on"
+    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def effective_batch(runner, n_train: int) -> int:
@@ -78,6 +89,14 @@ class BestStateAndEarlyStop(TrainerCallback):
             if self.bad >= self.patience:
                 control.should_training_stop = True
 
+    def state_dict(self) -> dict:  # runners/checkpoint.py: what a resumed run needs to continue exactly
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "bad": self.bad,
+                "best_state": self.best_state, "dev_curve": self.dev_curve}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.best_step, self.bad = state["best_loss"], state["best_step"], state["bad"]
+        self.best_state, self.dev_curve = state["best_state"], list(state["dev_curve"])
+
     def restore(self) -> None:
         if self.best_state is None:
             return
@@ -88,12 +107,15 @@ class BestStateAndEarlyStop(TrainerCallback):
 
 
 @torch.no_grad()
-def predict(model, tok, examples, task_cfg, runner, device: str) -> list[str]:
+def predict(model, tok, examples, task_cfg, runner, device: str, split: str = "test") -> list[str]:
     """Generated responses (beam search through the LM head), in the order of `examples`."""
     model.eval()
     out = [""] * len(examples)
     max_prompt = max(8, runner.max_seq_len - task_cfg.max_new_tokens)
-    for ids, mask, idx in prompt_batches(examples, tok, task_cfg.template, max_prompt, runner.eval_batch_size):
+    batches = prompt_batches(examples, tok, task_cfg.template, max_prompt, runner.eval_batch_size,
+                             what=f"{task_cfg.name} {split} generation")
+    for ids, mask, idx in tqdm(batches, total=math.ceil(len(examples) / runner.eval_batch_size), desc="generate",
+                               unit="batch", disable=not show_progress(runner), leave=False):
         gen = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=task_cfg.max_new_tokens,
             num_beams=runner.num_beams, do_sample=False, pad_token_id=tok.pad_token_id,
@@ -179,8 +201,22 @@ class RunFailed(Exception):
 
 
 class HarnessTrainer(Trainer):
-    """HF Trainer that stops at the first non-finite training loss. Trainer's own `logging_nan_inf_filter`
-    would replace it by the running mean in the logs and keep training on NaN weights."""
+    """HF Trainer that stops at the first non-finite training loss (Trainer's own `logging_nan_inf_filter`
+    would replace it by the running mean in the logs and keep training on NaN weights), and whose
+    checkpoints hold the PEFT tensors alone plus the callbacks' state (runners/checkpoint.py): Trainer's
+    `_save` would write the whole backbone (540 MB for SmolLM2) at every evaluation."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        save_peft(self.model, os.path.join(output_dir or self.args.output_dir, "peft.safetensors"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_peft(model if model is not None else self.model, os.path.join(resume_from_checkpoint, "peft.safetensors"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            C.save_callbacks(folder, self.callback_handler.callbacks)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -213,6 +249,8 @@ def validate_settings(cfg) -> None:
                        ("max_test_examples", r.max_test_examples)):
         if value is not None and value < 1:
             raise UserError(f"runner.{key}={value} must be >= 1 or null (all rows)")
+    if r.progress not in ("auto", "on", "off"):
+        raise UserError(f"runner.progress='{r.progress}' is not one of auto, on, off")
     resolve_device(r.device)
 
 
@@ -237,9 +275,9 @@ def run(cfg) -> dict:
             record = _run(cfg, config, path)
         except Exception as e:
             where = R.write_failed(path, _stub_record(cfg, config), e, stage="run")
-            log.error("run failed: %s (%s)", e, where)
-            if isinstance(e, UserError):
+            if isinstance(e, UserError):  # run.py prints its one line
                 raise
+            log.error("run failed: %s (%s)", e, where)
             raise RunFailed(e, where) from e
         R.clear_failed(path)
         return record
@@ -286,8 +324,8 @@ def _run(cfg, config: dict, path: str) -> dict:
     if trainable == 0:
         raise UserError(f"method '{cfg.method.name}' left no trainable parameters")
 
-    train_rows = encode_train(splits["train"], tok, cfg.task.template, runner.max_seq_len)
-    dev_rows = encode_train(splits["dev"], tok, cfg.task.template, runner.max_seq_len)
+    train_rows = encode_train(splits["train"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} train")
+    dev_rows = encode_train(splits["dev"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} dev")
     batch = effective_batch(runner, n_train_full)
     micro = min(runner.micro_batch_size, batch)
     if batch % micro:
@@ -296,19 +334,23 @@ def _run(cfg, config: dict, path: str) -> dict:
     total_steps = runner.max_steps if runner.max_steps > 0 else math.ceil(steps_per_epoch * runner.max_epochs)
     report_to = _wandb_start(cfg, config, cell)
     best = BestStateAndEarlyStop(model, runner.patience)
-    with tempfile.TemporaryDirectory(prefix="trainer-") as scratch:
+    # checkpoints beside the record when resuming is on (runners/checkpoint.py), else a scratch folder
+    out = contextlib.nullcontext(C.ckpt_root(path)) if runner.resume else tempfile.TemporaryDirectory(prefix="trainer-")
+    with out as out_dir:
+        resume_from = C.prepare(out_dir, config, force=cfg.force) if runner.resume else None
         args = TrainingArguments(
-            output_dir=scratch, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+            output_dir=out_dir, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
             per_device_eval_batch_size=runner.eval_batch_size, learning_rate=runner.lr,
             num_train_epochs=runner.max_epochs, max_steps=runner.max_steps,
             lr_scheduler_type=runner.scheduler, warmup_steps=math.ceil(runner.warmup_ratio * total_steps),
             weight_decay=runner.weight_decay, eval_strategy="steps", eval_steps=runner.eval_steps,
-            save_strategy="no", logging_steps=runner.logging_steps, report_to=report_to,
+            save_strategy="steps" if runner.resume else "no", save_steps=runner.eval_steps, save_total_limit=2,
+            logging_steps=runner.logging_steps, report_to=report_to,
             run_name=f"seed{cfg.seed}", seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
             remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
             bf16=runner.dtype == "bfloat16", fp16=runner.dtype == "float16",
             deepspeed=runner.deepspeed, activation_checkpointing=runner.gradient_checkpointing,
-            disable_tqdm=True,
+            disable_tqdm=not show_progress(runner),
         )
         collator = TrainCollator(tok.pad_token_id)
         optimizer, method_callbacks = training_setup(built, runner, dev_rows, collator, batch_size=micro,
@@ -316,8 +358,12 @@ def _run(cfg, config: dict, path: str) -> dict:
         trainer = HarnessTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
                           data_collator=collator, callbacks=[best, *method_callbacks], optimizers=(optimizer, None))
         trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
-        trainer.evaluate()  # step-0 dev loss: the start of the curve
-        trainer.train()
+        if resume_from:  # Trainer restores weights, optimizer, scheduler, RNG and data order; we the callbacks
+            C.load_callbacks(resume_from, trainer.callback_handler.callbacks)
+            log.info("resuming from %s", resume_from)
+        else:
+            trainer.evaluate()  # step-0 dev loss: the start of the curve
+        trainer.train(resume_from_checkpoint=resume_from)
         if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
         if best.best_state is None or not math.isfinite(best.best_loss):
@@ -329,7 +375,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     dev = {"loss": best.best_loss, "best_step": best.best_step}
     dev_preds = None
     if runner.dev_generation:
-        dev_preds = predict(model, tok, splits["dev"], cfg.task, runner, device)
+        dev_preds = predict(model, tok, splits["dev"], cfg.task, runner, device, split="dev")
         dev.update(task.score(dev_preds, splits["dev"]))
     test_preds = predict(model, tok, splits["test"], cfg.task, runner, device)
     metrics = task.score(test_preds, splits["test"])
@@ -352,5 +398,7 @@ def _run(cfg, config: dict, path: str) -> dict:
             record["peft_weights"] = os.path.basename(path.replace(".json", ".peft.safetensors"))
         R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
         R.write_json(path, record)
+    if runner.resume:
+        C.remove(C.ckpt_root(path))  # the record is written: its checkpoints are no longer needed
     log.info("wrote %s (%s, %.0f s)", path, metrics, record["wall_time_s"])
     return record

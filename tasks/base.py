@@ -19,8 +19,19 @@ import os
 import random
 from dataclasses import dataclass, field
 
+from core.errors import UserError
+
 LLAMA2_SYSTEM = "You are a helpful, respectful and honest assistant."
 TEMPLATES = ("llama2", "chat", "plain")
+
+
+class DataError(UserError, ValueError):
+    """Bad task data or a bad task setting: one line and exit code 2 (run.py; runners/train.py passes
+    UserErrors on unwrapped); still a ValueError for callers that catch those."""
+
+
+class MissingDataFile(UserError, FileNotFoundError):
+    """A required data file or folder is missing: one line and exit code 2; still a FileNotFoundError."""
 
 
 @dataclass
@@ -60,7 +71,7 @@ class Task:
     def __init__(self, cfg):
         self.cfg = cfg
         if cfg.template not in TEMPLATES:
-            raise ValueError(f"task.template='{cfg.template}' is not one of {', '.join(TEMPLATES)}")
+            raise DataError(f"task.template='{cfg.template}' is not one of {', '.join(TEMPLATES)}")
 
     # --- to implement -------------------------------------------------------------------------
     def load_raw(self, data_dir: str | None) -> dict[str, list[dict]]:
@@ -98,14 +109,22 @@ def appendix_c_split(train: list, val: list, seed: int, small_threshold: int = 1
 
 def local_file(data_dir: str, name: str) -> str:
     """Path of a required file under `data_dir`; a missing one is a clear error naming it."""
-    path = os.path.join(os.path.expanduser(data_dir), name)
-    if not os.path.exists(path):
+    return local_files(data_dir, [name])[name]
+
+
+def local_files(data_dir: str, names, task: str | None = None) -> dict[str, str]:
+    """Paths of the required files `names` under `data_dir` (name -> path); if any is missing, one
+    line names every missing file and what the folder holds."""
+    paths = {n: os.path.join(os.path.expanduser(data_dir), n) for n in names}
+    missing = [n for n, p in paths.items() if not os.path.exists(p)]
+    if missing:
         present = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-        raise FileNotFoundError(
-            f"data_dir='{data_dir}' has no '{name}' (expected the original published file); "
-            f"found: {', '.join(present) or 'nothing (the folder does not exist)'}"
+        where = "nothing (the folder does not exist)" if not os.path.isdir(data_dir) else ", ".join(present) or "nothing"
+        raise MissingDataFile(
+            f"{f'task {task}: ' if task else ''}data_dir='{data_dir}' has no {', '.join(repr(n) for n in missing)} "
+            f"(expected the original published file{'s' if len(missing) > 1 else ''}); found: {where}"
         )
-    return path
+    return paths
 
 
 def format_example(tokenizer, query: str, response: str | None, template: str) -> tuple[list[int], list[int]]:

@@ -11,11 +11,12 @@ Nothing here downloads anything unless `load_hub` is called (the hub path, `data
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 
 from core.errors import UserError
-from tasks.base import Task, TaskConfig, appendix_c_split
+from tasks.base import DataError, Task, TaskConfig, appendix_c_split
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,16 @@ def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | Non
     names = splits or tuple(ds)
     missing = [s for s in names if s not in ds]
     if missing:
-        raise ValueError(f"hub dataset '{repo}' ({config}) has no split {missing}; it has {sorted(ds)}")
+        raise DataError(f"hub dataset '{repo}' ({config}) has no split {missing}; it has {sorted(ds)}")
     return {s: [dict(r) for r in ds[s]] for s in names}
+
+
+def _blank(path: str) -> bool:
+    """True for an existing file with nothing but whitespace in it."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
 def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[dict]]:
@@ -89,7 +98,7 @@ def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[
             while cause.__cause__ is not None or cause.__context__ is not None:
                 cause = cause.__cause__ or cause.__context__
             msg = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
-            if "corresponds to no data" in msg:
+            if "corresponds to no data" in msg or _blank(path):
                 raise UserError(f"data file '{path}' ({split}) has no data rows") from None
             how = f" with delimiter {kwargs['delimiter']!r}" if kwargs.get("delimiter") else ""
             raise UserError(f"data file '{path}' ({split}) cannot be read as {builder}{how} "
@@ -100,15 +109,99 @@ def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[
     return out
 
 
+class BadLabel(UserError):
+    """A label outside a task's label set (`label_name`); the loaders add the file and line."""
+
+
 def label_name(value, names: list[str]) -> str:
-    """A label as its text: an integer (or '0'/'1' string, or bool) indexes `names`; text passes through."""
+    """A label as its text: an integer (or '0'/'1' string, or a bool for two classes) indexes `names`;
+    text must be one of `names`. Anything else raises `BadLabel` naming the value and the valid labels."""
     if isinstance(value, bool):
-        return names[int(value)]
-    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
-        i = int(value)
-        assert 0 <= i < len(names), f"label {i} out of range for {names}"
-        return names[i]
-    return str(value)
+        if len(names) == 2:
+            return names[int(value)]
+    elif isinstance(value, int) or (isinstance(value, float) and value.is_integer()) or (
+            isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        if 0 <= int(value) < len(names):
+            return names[int(value)]
+    elif isinstance(value, str) and value.strip() in names:
+        return value.strip()
+    raise BadLabel(f"label {value!r} is not one of {', '.join(names)} (or their class ids 0-{len(names) - 1})")
+
+
+def data_line(path: str, row: int, header: bool = False) -> int | None:
+    """1-based line number of data row `row` (0-based) of a one-row-per-line file (JSONL, a TSV read
+    without quoting), blank lines skipped as the readers skip them; None if the file has fewer rows."""
+    with open(path, encoding="utf-8-sig") as f:
+        seen = -1 if header else 0
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if seen == row:
+                return n
+            seen += 1
+    return None
+
+
+def row_error(path: str, split: str, row: int, msg: str, header: bool = False) -> UserError:
+    """`msg` about data row `row` (0-based) of `path` as one line naming the file and the line."""
+    n = data_line(path, row, header)
+    return UserError(f"data file '{path}' ({split}) {f'line {n}' if n else f'row {row + 1}'}: {msg}")
+
+
+def tsv_problem(path: str, split: str, label_column: str | None = None,
+                names: list[str] | None = None) -> UserError | None:
+    """The first short row (fewer tab-separated fields than the header) or bad label of a TSV read
+    without quoting (one row per line), as a one-line error naming the file and line; None if clean."""
+    with open(path, encoding="utf-8-sig") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+        col = header.index(label_column) if label_column in header and names else None
+        for n, line in enumerate(f, start=2):
+            line = line.rstrip("\r\n")
+            if not line:
+                continue
+            fields = line.split("\t")
+            if len(fields) < len(header):
+                return UserError(
+                    f"data file '{path}' ({split}) line {n} has {len(fields)} of the {len(header)} tab-separated "
+                    f"fields of its header ({', '.join(header)}); missing: {', '.join(header[len(fields):])}")
+            if col is not None:
+                try:
+                    label_name(fields[col], names)
+                except BadLabel as e:
+                    return UserError(f"data file '{path}' ({split}) line {n}: {e}")
+    return None
+
+
+def check_fields(rows: list[dict], path: str, split: str, task: str, fields: tuple[str, ...],
+                 labels: list[str] | None = None) -> None:
+    """Flat JSONL rows: every field in `fields` present (the json reader fills a missing key with
+    None) and, with `labels`, a valid 'label'; the first bad row is one line naming file and line."""
+    for i, r in enumerate(rows):
+        absent = [f for f in fields if r.get(f) is None]
+        if absent:
+            raise row_error(path, split, i, f"no {', '.join(repr(f) for f in absent)} (a {task} row needs "
+                                            f"{', '.join(fields)})")
+        if labels is not None:
+            try:
+                label_name(r["label"], labels)
+            except BadLabel as e:
+                raise row_error(path, split, i, str(e)) from None
+
+
+def check_splits(task: str, splits: dict, why: str, may_be_empty: tuple[str, ...] = ()) -> dict:
+    """`splits` unchanged, or one line naming the task, the first empty split and why (`why`)."""
+    for name, rows in splits.items():
+        if not rows and name not in may_be_empty:
+            raise UserError(f"task {task}: the {name} split is empty ({why})")
+    return splits
+
+
+def appendix_c_rule(n_train: int, n_val: int, small_threshold: int = 10_000) -> str:
+    """What iapt.txt Appendix C does with these sizes (the `why` of an empty split)."""
+    if n_train < small_threshold:
+        return (f"iapt.txt Appendix C: {n_train} training rows (< {small_threshold}), so the {n_val}-row "
+                "validation set is halved into dev and test; it needs at least 2 rows")
+    return f"iapt.txt Appendix C: 1000 of the {n_train} training rows are dev, the {n_val}-row validation set is test"
 
 
 def carve_from_validation(val: list, seed: int, dev_fraction: float = 0.2) -> tuple[list, list, list]:
@@ -118,7 +211,8 @@ def carve_from_validation(val: list, seed: int, dev_fraction: float = 0.2) -> tu
     shuffle); the other half is divided into train (1 - dev_fraction) and dev (dev_fraction).
     NOT the papers' protocol: the task records `protocol = CARVED` and the flag sits in the config.
     """
-    assert 0 < dev_fraction < 1, f"carve_dev_fraction={dev_fraction} must be in (0, 1)"
+    if not 0 < dev_fraction < 1:
+        raise DataError(f"task.carve_dev_fraction={dev_fraction} must be in (0, 1)")
     rng = random.Random(seed)
     order = list(range(len(val)))
     rng.shuffle(order)
@@ -174,11 +268,14 @@ class BenchTask(Task):
             self.protocol = CARVED
             log.warning("task %s: train/dev/test carved from the validation set: %s", self.cfg.name, CARVED)
             train, dev, test = carve_from_validation(val, self.cfg.split_seed, self.cfg.carve_dev_fraction)
+            why = (f"carving {len(val)} validation rows: test takes half, dev task.carve_dev_fraction="
+                   f"{self.cfg.carve_dev_fraction} of the rest (at least 1 row), train what remains")
         else:
             self.protocol = PAPER
             train = [self.to_example(r, i) for i, r in enumerate(raw.get("train", []))]
+            why = appendix_c_rule(len(train), len(val), self.small_threshold)
             train, dev, test = self.paper_split(train, val)
-        return {"train": train, "dev": dev, "test": test}
+        return check_splits(self.cfg.name, {"train": train, "dev": dev, "test": test}, why)
 
 
 def transfer_splits(task: Task, data_dir: str | None, own_splits) -> dict:
@@ -197,9 +294,9 @@ def transfer_splits(task: Task, data_dir: str | None, own_splits) -> dict:
         return own_splits(data_dir)
     allowed = getattr(task, "transfer_sources", ())
     if source not in allowed:
-        raise ValueError(f"task.source='{source}' is not a transfer source of {cfg.name}; valid: {', '.join((cfg.name, *allowed))}")
+        raise DataError(f"task.source='{source}' is not a transfer source of {cfg.name}; valid: {', '.join((cfg.name, *allowed))}")
     if data_dir is not None and getattr(cfg, "source_data_dir", None) is None:
-        raise ValueError(
+        raise DataError(
             f"task {cfg.name} with source={source} reads local files: set task.source_data_dir= to the "
             f"folder of {source}'s files (data_dir= is {cfg.name}'s own folder)"
         )

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig, local_file
-from tasks.common import BenchTask, load_hub, load_local
+from tasks.base import DataError, Example, TaskConfig, local_file
+from tasks.common import BenchTask, load_hub, load_local, row_error
 from tasks.metrics import rouge_l
 from tasks.registry import register_task
 
@@ -44,7 +44,7 @@ class E2e(BenchTask):
         """(format, folder) of the local files: csv when trainset.csv is there, else LoRA's text format."""
         fmt = self.cfg.local_format
         if fmt not in ("auto", "csv", "lora"):
-            raise ValueError(f"task.local_format='{fmt}' is not one of auto, csv, lora")
+            raise DataError(f"task.local_format='{fmt}' is not one of auto, csv, lora")
         if fmt in ("auto", "csv") and os.path.exists(os.path.join(data_dir, CSV_FILES["train"])):
             return "csv", data_dir
         if fmt in ("auto", "lora"):
@@ -74,7 +74,7 @@ class E2e(BenchTask):
             pairs = [r["text"].split("||", 1) for r in rows if r["text"].strip()]
             bad = [i for i, p in enumerate(pairs) if len(p) != 2]
             if bad:
-                raise ValueError(f"{files[s]}: line {bad[0] + 1} has no '||' between MR and reference")
+                raise row_error(files[s], s, bad[0], "no '||' between the meaning representation and the reference")
             out[s] = [{"mr": mr.strip(), "ref": ref.strip()} for mr, ref in pairs]
         return out
 

@@ -12,8 +12,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig
-from tasks.common import BenchTask, CarveConfig, label_name, load_hub, load_local, transfer_splits
+from core.errors import UserError
+from tasks.base import DataError, Example, TaskConfig
+from tasks.common import (
+    BadLabel,
+    BenchTask,
+    CarveConfig,
+    label_name,
+    load_hub,
+    load_local,
+    transfer_splits,
+    tsv_problem,
+)
 from tasks.metrics import acc_f1
 from tasks.registry import register_task
 
@@ -54,20 +64,34 @@ def load_glue(hub_config: str, data_dir: str | None, splits=("train", "validatio
             s: [dict(r, label=names[r["label"]] if r["label"] >= 0 else None) for r in raw[hub_split[s]]]
             for s in splits
         }
-    from tasks.base import local_file
+    from tasks.base import local_files
 
-    files = {s: local_file(data_dir, local_validation if s == "validation" else f"{s}.tsv") for s in splits}
-    # GLUE TSVs contain unbalanced quotes: read them with quoting disabled (csv.QUOTE_NONE == 3);
-    # utf-8-sig drops the byte-order mark that starts MRPC's header.
-    raw = load_local("csv", files, delimiter="\t", quoting=3, keep_default_na=False, encoding="utf-8-sig")
+    names_of = {s: local_validation if s == "validation" else f"{s}.tsv" for s in splits}
+    paths = local_files(data_dir, list(dict.fromkeys(names_of.values())), hub_config)
+    files = {s: paths[n] for s, n in names_of.items()}
     cols = LOCAL_COLUMNS[hub_config]
+    label_col = next(old for old, new in cols.items() if new == "label")
     out = {}
-    for s, rows in raw.items():
-        missing = [c for c in cols if rows and c not in rows[0]]
+    for s, path in files.items():
+        try:
+            # GLUE TSVs contain unbalanced quotes: read them with quoting disabled (csv.QUOTE_NONE == 3);
+            # utf-8-sig drops the byte-order mark that starts MRPC's header.
+            rows = load_local("csv", {s: path}, delimiter="\t", quoting=3, keep_default_na=False,
+                              encoding="utf-8-sig")[s]
+        except UserError as e:  # e.g. a short row or a text label in an integer column: name its line
+            raise tsv_problem(path, s, label_col, names) or e from None
+        missing = [c for c in cols if c not in rows[0]]
         if missing:
-            raise ValueError(f"{files[s]} lacks column(s) {missing} of the original GLUE {hub_config} TSV")
-        out[s] = [{new: (label_name(r[old], names) if new == "label" else r[old]) for old, new in cols.items()}
-                  for r in rows]
+            raise DataError(f"data file '{path}' ({s}) lacks column(s) {', '.join(missing)} of the original GLUE "
+                            f"{hub_config} TSV; its header: {', '.join(rows[0])}")
+        last = list(rows[0])[-1]  # a row with fewer fields than the header is read with '' in its last column
+        if any(r[last] in ("", None) for r in rows) and (problem := tsv_problem(path, s)):
+            raise problem
+        try:
+            out[s] = [{new: (label_name(r[old], names) if new == "label" else r[old]) for old, new in cols.items()}
+                      for r in rows]
+        except BadLabel as e:
+            raise tsv_problem(path, s, label_col, names) or UserError(f"data file '{path}' ({s}): {e}") from None
     return out
 
 
@@ -190,7 +214,7 @@ class Mnli(GlueTask):
     def load_raw(self, data_dir):
         which = self.cfg.validation
         if which not in ("matched", "mismatched"):
-            raise ValueError(f"task.validation='{which}' is not one of matched, mismatched")
+            raise DataError(f"task.validation='{which}' is not one of matched, mismatched")
         return load_glue("mnli", data_dir, self.raw_splits(), f"validation_{which}", f"dev_{which}.tsv")
 
     def to_example(self, row, idx):

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 
 from tasks.base import Example, TaskConfig, local_file
-from tasks.common import BenchTask, load_hub, load_local
+from tasks.common import BenchTask, check_splits, load_hub, load_local
 from tasks.metrics import gsm8k_accuracy
 from tasks.registry import register_task
 
@@ -51,7 +51,9 @@ class Gsm8k(BenchTask):
         random.Random(self.cfg.split_seed).shuffle(order)
         held = set(order[: self.cfg.dev_size])
         dev = [train[i] for i in sorted(held)]
-        return {"train": [e for i, e in enumerate(train) if i not in held], "dev": dev, "test": test}
+        why = f"task.dev_size={self.cfg.dev_size} of the {len(train)} training problems are held out as dev"
+        return check_splits(self.cfg.name, {"train": [e for i, e in enumerate(train) if i not in held], "dev": dev,
+                                            "test": test}, why)
 
     def score(self, predictions, examples):
         return gsm8k_accuracy(predictions, [e.references for e in examples])

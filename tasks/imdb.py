@@ -14,8 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig, appendix_c_split, local_file
-from tasks.common import BenchTask, label_name, load_hub, load_local, transfer_splits
+from tasks.base import Example, TaskConfig, appendix_c_split, local_files
+from tasks.common import (
+    BenchTask,
+    appendix_c_rule,
+    check_fields,
+    check_splits,
+    label_name,
+    load_hub,
+    load_local,
+    transfer_splits,
+)
 from tasks.glue import sentiment_query
 from tasks.metrics import acc_f1
 from tasks.registry import register_task
@@ -39,7 +48,11 @@ class Imdb(BenchTask):
         if data_dir is None:
             raw = load_hub(self.hub_id, "plain_text", ("train", "test"))
         else:
-            raw = load_local("json", {s: local_file(data_dir, f"imdb_{s}.jsonl") for s in ("train", "test")})
+            paths = local_files(data_dir, [f"imdb_{s}.jsonl" for s in ("train", "test")], "imdb")
+            files = {s: paths[f"imdb_{s}.jsonl"] for s in ("train", "test")}
+            raw = load_local("json", files)
+            for s, rows in raw.items():
+                check_fields(rows, files[s], s, "imdb", ("text", "label"), self.labels)
         return {"train": raw["train"], "validation": raw["test"]}
 
     def to_example(self, row, idx):
@@ -51,8 +64,9 @@ class Imdb(BenchTask):
         raw = self.load_raw(data_dir)
         train = [self.to_example(r, i) for i, r in enumerate(raw["train"])]
         test = [self.to_example(r, i) for i, r in enumerate(raw["validation"])]
+        why = appendix_c_rule(len(train), len(test), self.small_threshold).replace("validation set", "test set")
         train, dev, test = appendix_c_split(train, test, self.cfg.split_seed, self.small_threshold)
-        return {"train": train, "dev": dev, "test": test}
+        return check_splits(self.cfg.name, {"train": train, "dev": dev, "test": test}, why)
 
     def splits(self, data_dir=None):
         return transfer_splits(self, data_dir, self.own_splits)

@@ -28,8 +28,8 @@ import re
 import urllib.request
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig, local_file
-from tasks.common import BenchTask, load_hub, load_local, transfer_splits
+from tasks.base import DataError, Example, MissingDataFile, TaskConfig, local_file
+from tasks.common import BenchTask, check_splits, load_hub, load_local, transfer_splits
 from tasks.metrics import rouge_l
 from tasks.registry import register_task
 
@@ -153,7 +153,7 @@ class MtBenchScoring:
         baseline = {}
         if self.cfg.judge_baseline:
             if not os.path.exists(self.cfg.judge_baseline):
-                raise FileNotFoundError(f"task.judge_baseline='{self.cfg.judge_baseline}' does not exist")
+                raise MissingDataFile(f"task.judge_baseline='{self.cfg.judge_baseline}' does not exist")
             with open(self.cfg.judge_baseline, encoding="utf-8") as f:
                 baseline = {str(r["id"]): r["prediction"] for r in map(json.loads, filter(str.strip, f))}
         key = os.environ.get(self.cfg.judge_api_key_env)
@@ -210,10 +210,12 @@ class Alpaca(MtBenchScoring, BenchTask):
     def train_dev(self, data_dir=None):
         rows = [self.to_example(r, i) for i, r in enumerate(self.load_raw(data_dir)["train"])]
         train, dev = held_out(rows, self.cfg.dev_size, self.cfg.split_seed)
+        self.split_rule = f"task.dev_size={self.cfg.dev_size} of the {len(rows)} instructions are held out as dev"
         return {"train": train, "dev": dev}
 
     def splits(self, data_dir=None):
-        return {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        out = {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        return check_splits(self.cfg.name, out, self.split_rule)
 
 
 # --- UltraChat -----------------------------------------------------------------------------------
@@ -242,14 +244,18 @@ class Ultrachat(MtBenchScoring, BenchTask):
         return Example(id=str(row.get("prompt_id") or row.get("id") or idx), query=user, response=answer)
 
     def train_dev(self, data_dir=None):
-        rows = [self.to_example(r, i) for i, r in enumerate(self.load_raw(data_dir)["train"])]
-        rows = [e for e in rows if e.response.strip()]
-        assert 0 <= self.cfg.dev_fraction < 1, f"task.dev_fraction={self.cfg.dev_fraction} must be in [0, 1)"
+        every = [self.to_example(r, i) for i, r in enumerate(self.load_raw(data_dir)["train"])]
+        rows = [e for e in every if e.response.strip()]
+        if not 0 <= self.cfg.dev_fraction < 1:
+            raise DataError(f"task.dev_fraction={self.cfg.dev_fraction} must be in [0, 1)")
         train, dev = held_out(rows, round(len(rows) * self.cfg.dev_fraction), self.cfg.split_seed)
+        self.split_rule = (f"{len(rows)} of the {len(every)} conversations have an assistant answer; "
+                           f"task.dev_fraction={self.cfg.dev_fraction} of them (rounded) are held out as dev")
         return {"train": train, "dev": dev}
 
     def splits(self, data_dir=None):
-        return {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        out = {**self.train_dev(data_dir), "test": mt_bench_examples(self.cfg.mt_bench_dir)}
+        return check_splits(self.cfg.name, out, self.split_rule)
 
 
 # --- MMLU ----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import math
 import re
 import sqlite3
 import string
+import time
 
 
 def normalize_label(text: str) -> str:
@@ -169,7 +170,8 @@ def build_table(table: dict) -> sqlite3.Connection:
     """An in-memory, read-only SQLite DB holding one WikiSQL table named "table".
 
     `table` has 'header' (column names), 'types' ('text'/'real') and 'rows'. Text columns compare
-    case-insensitively (WikiSQL's own evaluator lower-cases text values)."""
+    case-insensitively (WikiSQL's own evaluator lower-cases text values). Queries go through run_sql,
+    which allows reads only."""
     header, types, rows = table["header"], table.get("types") or ["text"] * len(table["header"]), table["rows"]
     assert len(header) == len(types), f"table has {len(header)} columns but {len(types)} types"
     conn = sqlite3.connect(":memory:")
@@ -182,28 +184,51 @@ def build_table(table: dict) -> sqlite3.Connection:
     conn.executemany(
         f'INSERT INTO "table" VALUES ({marks})', [[_sqlite_value(v, t) for v, t in zip(r, types)] for r in rows]
     )
+    conn.commit()
     conn.execute("PRAGMA query_only = ON")  # a predicted DROP/DELETE/UPDATE cannot alter the table
     return conn
 
 
-def run_sql(conn: sqlite3.Connection, sql: str, max_steps: int = 2_000_000):
-    """Sorted result rows of one statement, or None if it does not parse/execute (or runs too long)."""
+# What a query may do (sqlite3.Connection.set_authorizer): read. Everything else (ATTACH/DETACH, which
+# would create a database file at any writable path, PRAGMA, writes, schema changes, transactions) is denied.
+_READ_ONLY = frozenset(  # SQLITE_RECURSIVE: WITH RECURSIVE (a read; bounded by run_sql's budget and deadline)
+    getattr(sqlite3, name) for name in ("SQLITE_SELECT", "SQLITE_READ", "SQLITE_FUNCTION", "SQLITE_RECURSIVE")
+    if hasattr(sqlite3, name)
+)
+MAX_VALUE_BYTES = 1_000_000  # longest string/blob a query may build (randomblob(1e9) is one slow opcode)
+
+
+def _authorize(action, *_):
+    return sqlite3.SQLITE_OK if action in _READ_ONLY else sqlite3.SQLITE_DENY
+
+
+def run_sql(conn: sqlite3.Connection, sql: str, max_steps: int = 2_000_000, timeout_s: float = 2.0):
+    """Sorted result rows of one read-only statement, or None if it does not parse/execute, is not a read
+    (ATTACH, PRAGMA, writes: denied), or runs past `max_steps` VM operations or `timeout_s` wall seconds."""
     sql = (sql or "").strip().rstrip(";").strip()
     if not sql:
         return None
     steps = [0]
+    deadline = time.monotonic() + timeout_s
 
     def budget():
         steps[0] += 1
-        return steps[0] > max_steps // 1000  # non-zero aborts the query
+        return steps[0] > max_steps // 1000 or time.monotonic() > deadline  # non-zero aborts the query
 
+    length = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) if hasattr(conn, "getlimit") else None
+    if length is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
     conn.set_progress_handler(budget, 1000)
+    conn.set_authorizer(_authorize)
     try:
         rows = conn.execute(sql).fetchall()
-    except Exception:  # any SQL error, non-SQL text, several statements, an interrupted query: wrong
+    except Exception:  # any SQL error, non-SQL text, several statements, a denied or interrupted query: wrong
         return None
     finally:
+        conn.set_authorizer(None)
         conn.set_progress_handler(None, 1000)
+        if length is not None:
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, length)
 
     def norm(v):
         if isinstance(v, float):
@@ -216,8 +241,10 @@ def run_sql(conn: sqlite3.Connection, sql: str, max_steps: int = 2_000_000):
     return sorted((tuple(norm(v) for v in r) for r in rows), key=repr)
 
 
-def execution_accuracy(predictions: list[str], golds: list[str], tables: list[dict]) -> dict[str, float]:
-    """WikiSQL (iapt.txt C.7): a prediction is correct iff it executes and returns the gold query's result."""
+def execution_accuracy(predictions: list[str], golds: list[str], tables: list[dict], max_steps: int = 2_000_000,
+                       timeout_s: float = 2.0) -> dict[str, float]:
+    """WikiSQL (iapt.txt C.7): a prediction is correct iff it executes and returns the gold query's result.
+    Each query gets `max_steps` VM operations and `timeout_s` wall seconds (see run_sql)."""
     assert len(predictions) == len(golds) == len(tables), "predictions, gold queries and tables differ in length"
     if not predictions:
         return {"acc": 0.0}
@@ -225,9 +252,9 @@ def execution_accuracy(predictions: list[str], golds: list[str], tables: list[di
     for pred, gold, table in zip(predictions, golds, tables):
         conn = build_table(table)
         try:
-            want = run_sql(conn, gold)
+            want = run_sql(conn, gold, max_steps, timeout_s)
             assert want is not None, f"gold SQL does not execute on its table: {gold!r}"
-            hits += run_sql(conn, pred) == want
+            hits += run_sql(conn, pred, max_steps, timeout_s) == want
         finally:
             conn.close()
     return {"acc": 100.0 * hits / len(predictions)}

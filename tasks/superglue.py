@@ -13,8 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig, local_file
-from tasks.common import BenchTask, CarveConfig, label_name, load_hub, load_local
+from tasks.base import Example, TaskConfig, local_files
+from tasks.common import (
+    BadLabel,
+    BenchTask,
+    CarveConfig,
+    check_fields,
+    label_name,
+    load_hub,
+    load_local,
+    row_error,
+)
 from tasks.metrics import acc_f1, accuracy, normalize_label, squad_f1_em
 from tasks.registry import register_task
 
@@ -27,9 +36,32 @@ class SuperGlueTask(BenchTask):
         splits = self.raw_splits()
         if data_dir is None:
             return load_hub(self.hub_id, self.hub_config, splits)
-        files = {s: local_file(data_dir, "val.jsonl" if s == "validation" else f"{s}.jsonl") for s in splits}
+        names = {s: "val.jsonl" if s == "validation" else f"{s}.jsonl" for s in splits}
+        paths = local_files(data_dir, list(names.values()), self.cfg.name)
+        files = {s: paths[n] for s, n in names.items()}
         raw = load_local("json", files)
-        return {s: self.from_original(rows) for s, rows in raw.items()}
+        return {s: self.checked_original(rows, files[s], s) for s, rows in raw.items()}
+
+    fields: tuple[str, ...] = ()  # fields every original row needs (flat tasks; the reader fills a missing one with None)
+
+    def checked_original(self, rows: list[dict], path: str, split: str) -> list[dict]:
+        """`from_original(rows)`, after checking each row's fields and label; a bad row is one line
+        naming the file and its line."""
+        if self.fields:
+            check_fields(rows, path, split, self.cfg.name, self.fields, self.labels)
+            return self.from_original(rows)
+        out = []
+        for i, row in enumerate(rows):
+            try:
+                out.extend(self.from_original([row]))
+            except BadLabel as e:
+                raise row_error(path, split, i, str(e)) from None
+            except (KeyError, TypeError, IndexError) as e:  # the json reader fills a missing key with None
+                absent = [k for k, v in row.items() if v is None]
+                why = f"no {', '.join(repr(k) for k in absent)}" if absent else f"{type(e).__name__}: {e}"
+                raise row_error(path, split, i, f"not an original {self.cfg.name} row ({why}); "
+                                                "expected the nested SuperGLUE .jsonl format") from None
+        return out
 
     def from_original(self, rows: list[dict]) -> list[dict]:
         """Original-format rows -> the hub's row shape (identity where they already agree)."""
@@ -49,6 +81,7 @@ class Boolq(SuperGlueTask):
 
     hub_config = "boolq"
     labels = ["no", "yes"]  # hub class ids 0 = False, 1 = True
+    fields = ("question", "passage", "label")
 
     def to_example(self, row, idx):
         label = label_name(row["label"], self.labels)
@@ -75,6 +108,7 @@ class Copa(SuperGlueTask):
 
     hub_config = "copa"
     labels = ["1", "2"]  # hub class ids 0 = choice1, 1 = choice2
+    fields = ("premise", "choice1", "choice2", "question", "label")
 
     def to_example(self, row, idx):
         label = label_name(row["label"], self.labels)
@@ -101,6 +135,7 @@ class Cb(SuperGlueTask):
 
     hub_config = "cb"
     labels = ["entailment", "contradiction", "neutral"]  # hub class-id order
+    fields = ("premise", "hypothesis", "label")
 
     def to_example(self, row, idx):
         label = label_name(row["label"], self.labels)
@@ -138,6 +173,7 @@ class Multirc(SuperGlueTask):
             for q in p["passage"]["questions"]:
                 for a in q["answers"]:
                     idx = {"paragraph": p["idx"], "question": q["idx"], "answer": a["idx"]}
+                    label_name(a["label"], self.labels)  # a bad one raises BadLabel (checked_original adds the line)
                     out.append({"paragraph": p["passage"]["text"], "question": q["question"], "answer": a["text"],
                                 "idx": idx, "label": a["label"]})
         return out

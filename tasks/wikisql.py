@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tasks.base import Example, TaskConfig
+from tasks.base import DataError, Example, MissingDataFile, TaskConfig
 from tasks.common import BenchTask, load_hub, load_local
 from tasks.metrics import execution_accuracy, to_number
 from tasks.registry import register_task
@@ -78,7 +78,7 @@ class Wikisql(BenchTask):
         missing = [f for f in needed if not os.path.exists(os.path.join(data_dir, f))]
         if missing:
             present = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
-            raise FileNotFoundError(
+            raise MissingDataFile(
                 f"data_dir='{data_dir}' lacks {', '.join(missing)}: WikiSQL needs every split's questions AND "
                 f"tables (the prompt's table information and execution accuracy); found: "
                 f"{', '.join(present) or 'nothing'}. Use the original release (salesforce/WikiSQL data.tar.bz2) "
@@ -91,7 +91,7 @@ class Wikisql(BenchTask):
             by_id = {t["id"]: t for t in tables}
             lost = sorted({r["table_id"] for r in rows} - set(by_id))
             if lost:
-                raise ValueError(f"{stem}.tables.jsonl lacks {len(lost)} table(s) its questions use, e.g. {lost[0]}")
+                raise DataError(f"{stem}.tables.jsonl lacks {len(lost)} table(s) its questions use, e.g. {lost[0]}")
             out[split] = [{"question": r["question"], "table": by_id[r["table_id"]], "sql": r["sql"]} for r in rows]
         return out
 

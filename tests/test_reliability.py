@@ -122,6 +122,7 @@ def test_failure_after_training_is_recorded_and_cleared_by_a_good_rerun(tmp_resu
     ("runner.lr=0", "runner.lr=0.0 must be > 0"),
     ("runner.max_seq_len=8", "leaves no room for a prompt"),
     ("runner.dtype=float8", "runner.dtype='float8' is not one of"),
+    ("runner.progress=maybe", "runner.progress='maybe' is not one of auto, on, off"),
 ])
 def test_bad_runner_settings_fail_before_training(tmp_results, monkeypatch, override, text):
     import runners.train
@@ -164,3 +165,76 @@ def test_concurrent_launches_train_once(tmp_path):
 def test_result_files_are_group_readable(tmp_results):
     run_cfg("seed=0")
     assert oct(seed_path(tmp_results, 0).stat().st_mode & 0o044) == oct(0o044)
+
+
+RESUME = ("task=synth-compare", "runner.max_train_examples=64", "runner.max_steps=24", "runner.eval_steps=4",
+          "runner.patience=100", "seed=0")
+
+
+def _kill_after_first_checkpoint(method: str, results) -> int:
+    """Launch a tiny run, SIGKILL it once a complete checkpoint exists; the step it was taken at."""
+    import signal
+    import time
+
+    env = dict(os.environ, HARNESS_RESULTS=str(results), CI="true")
+    cmd = [sys.executable, "run.py", "backbone=tiny", "runner=debug", "logger=none", "print_table=false",
+           f"method={method}", *RESUME]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = results.joinpath("tiny", "synth-compare", method, "seed0.ckpt")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = sorted(ckpt.glob("checkpoint-*/harness.json"))
+        if done:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return int(done[0].parent.name.split("-")[1])
+        time.sleep(0.005)
+    raise AssertionError(f"no checkpoint before the run ended (rc {proc.poll()}): {proc.stderr.read()[-2000:]}")
+
+
+@pytest.mark.parametrize("method", ["lora", "iapt"])  # iapt: the bi-level Θ optimizer and dev stream too
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method, caplog):
+    from runners.train import run
+
+    monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "ref"))
+    ref = run(compose(f"method={method}", *RESUME))
+    step = _kill_after_first_checkpoint(method, tmp_path / "killed")
+    record = tmp_path.joinpath("killed", "tiny", "synth-compare", method, "seed0.json")
+    assert not record.exists() and step < 24, "the run was killed before it finished"
+    monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "killed"))
+    with caplog.at_level("INFO", logger="runners.train"):
+        resumed = run(compose(f"method={method}", *RESUME))
+    assert "resuming from" in caplog.text
+    assert resumed["metrics"] == ref["metrics"]
+    assert resumed["dev"] == ref["dev"]
+    assert resumed["curve"] == ref["curve"]
+    assert not record.with_suffix(".ckpt").exists(), "checkpoints of a finished run are pruned"
+
+
+def test_checkpoints_of_another_config_are_refused(tmp_results):
+    from runners import checkpoint as C
+
+    path = str(seed_path(tmp_results, 0))
+    cfg = R.to_container(compose(*FAST, "seed=0"))
+    assert C.prepare(C.ckpt_root(path), cfg, force=False) is None
+    other = R.to_container(compose(*FAST, "seed=0", "runner.lr=0.5"))
+    with pytest.raises(UserError, match=r"written with another config \(runner\.lr: recorded 0.0001, requested 0.5"):
+        C.prepare(C.ckpt_root(path), other, force=False)
+    assert C.prepare(C.ckpt_root(path), other, force=True) is None  # force discards them
+
+
+def test_progress_bars_follow_the_setting_and_stay_off_in_ci(monkeypatch):
+    from runners.train import show_progress
+
+    runner = compose().runner
+    for value, expected in (("on", True), ("off", False)):
+        runner.progress = value
+        assert show_progress(runner) is expected
+    runner.progress = "auto"
+    monkeypatch.setenv("CI", "true")
+    assert show_progress(runner) is False, "CI logs get no progress bars"
+    monkeypatch.delenv("CI")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert show_progress(runner) is False, "nor does output that is not a terminal"
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert show_progress(runner) is True
