@@ -117,6 +117,29 @@ def check_keys(argv: list[str]) -> None:
             close = difflib.get_close_matches(name, valid, n=1)
             hint = f" Did you mean '{(group + '.' if dot else '') + close[0]}'?" if close else ""
             raise UserError(f"unknown {what}: '{key}'; valid: {', '.join(valid)}.{hint}")
+        _check_type(arg, RunConfig if not dot else schema, key if not dot else field)
+
+
+def _check_type(arg: str, schema, field: str) -> None:
+    """A value of the wrong type (runner.lr=abc, runner.max_steps=1.5) in one line, as the typed schema
+    would refuse it at composition (Hydra's own message spans five lines and exits 1)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        override = OverridesParser.create().parse_override(arg.lstrip("+~") if arg.startswith("+") else arg)
+    except Exception:
+        return  # Hydra reports override syntax errors itself
+    if override.is_sweep_override() or override.is_delete():
+        return
+    try:
+        OmegaConf.update(OmegaConf.structured(schema), field, override.value(), merge=True)
+    except OmegaConfBaseException as e:
+        reason = str(e).strip().splitlines()[0]
+        raise UserError(f"{override.key_or_group}={override.get_value_element_as_str()}: {reason}") from None
+    except Exception:
+        return
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)

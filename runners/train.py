@@ -277,10 +277,26 @@ def run(cfg) -> dict:
             where = R.write_failed(path, _stub_record(cfg, config), e, stage="run")
             if isinstance(e, UserError):  # run.py prints its one line
                 raise
+            if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+                raise UserError(out_of_memory_hint(e, cfg.runner, where)) from e
             log.error("run failed: %s (%s)", e, where)
             raise RunFailed(e, where) from e
         R.clear_failed(path)
         return record
+
+
+def out_of_memory_hint(error: BaseException, runner, where: str) -> str:
+    """One line for an out-of-memory failure, naming the runner options that lower memory."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    hints = [f"runner.micro_batch_size={max(1, runner.micro_batch_size // 2)} (now {runner.micro_batch_size}; "
+             "gradient accumulation keeps the effective batch)",
+             f"runner.eval_batch_size={max(1, runner.eval_batch_size // 2)} (now {runner.eval_batch_size})",
+             f"runner.max_seq_len (now {runner.max_seq_len})"]
+    if not runner.gradient_checkpointing:
+        hints.append("runner.gradient_checkpointing=true")
+    if runner.dtype == "float32":
+        hints.append("runner.dtype=bfloat16")
+    return f"out of memory ({first}); lower memory with {', '.join(hints)} (failed record: {where})"
 
 
 def _stub_record(cfg, config: dict) -> dict:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from core.errors import UserError
 from runners import aggregate
@@ -238,3 +239,17 @@ def test_progress_bars_follow_the_setting_and_stay_off_in_ci(monkeypatch):
     assert show_progress(runner) is False, "nor does output that is not a terminal"
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert show_progress(runner) is True
+
+
+def test_out_of_memory_names_the_options_that_lower_memory(tmp_results, monkeypatch):
+    import runners.train
+
+    def oom(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(runners.train.HarnessTrainer, "training_step", oom)
+    with pytest.raises(UserError, match=r"^out of memory \(CUDA out of memory. Tried to allocate 2.00 GiB\); lower "
+                                        r"memory with runner.micro_batch_size=2 \(now 4; .*runner.gradient_checkpointing"
+                                        r"=true, runner.dtype=bfloat16 \(failed record: .*seed0.failed.json\)$"):
+        run_cfg("seed=0")
+    assert json.loads(seed_path(tmp_results, 0, ".failed.json").read_text())["status"] == "failed"

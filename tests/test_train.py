@@ -97,13 +97,17 @@ def test_cli_seed_range_then_aggregate_then_skip(tmp_path):
 @pytest.mark.parametrize(
     "arg, message",
     [("method=lorx", "unknown method 'lorx'; valid: "), ("task=rtee", "Did you mean 'rte'?"),
-     ("method.rr=1", "method.rr"), ("seed=4..1", "empty range")],
+     ("method.rr=1", "method.rr"), ("seed=4..1", "empty range"),
+     ("runner.lr=abc", "error: runner.lr=abc: Value 'abc' of type 'str' could not be converted to Float"),
+     ("runner.max_steps=1.5", "error: runner.max_steps=1.5: Value '1.5' of type 'float' could not be converted to "
+                              "Integer"),
+     ("runner.resume=maybe", "error: runner.resume=maybe: Value 'maybe' is not a valid bool")],
 )
 def test_bad_input_is_one_line_and_nonzero(arg, message, tmp_path):
     res = cli("backbone=tiny", "runner=debug", "logger=none", arg, env_extra={"HARNESS_RESULTS": str(tmp_path)},
               timeout=120)
-    assert res.returncode != 0
-    assert message in res.stderr
+    assert res.returncode == 2
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr[-1500:]
     assert "Traceback" not in res.stderr, res.stderr[-1500:]
 
 
