@@ -1,0 +1,72 @@
+"""Paper tables from small hand-made records: medians, spread, marking, paper numbers and differences,
+missing and failed cells, and the paired test (runners/tables.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from runners.tables import TableSpec, paired, render
+
+SCORES = {  # (task, cell) -> per-seed accuracy
+    ("sst2", "iapt"): [80.0, 82.0, 90.0],
+    ("sst2", "lora"): [85.0, 87.0, 88.0],
+    ("sst2", "parade"): [70.0, 71.0, 72.0],
+    ("rte", "iapt"): [60.0, 61.0, 62.0],
+    ("rte", "lora"): [55.0, 65.0],  # only two seeds
+}
+
+
+def _records():
+    return [{"backbone": "smollm2-135m", "task": t, "cell": c, "seed": s, "metrics": {"acc": v, "f1": 0.0}}
+            for (t, c), vals in SCORES.items() for s, v in enumerate(vals)]
+
+
+SPEC = TableSpec(paper="iapt", table=1, tasks=["sst2", "rte"], cells=["lora", "parade", "iapt"], proposed="iapt",
+                 title="test table", notes=["lr chosen on dev"])
+PROBLEMS = [{"backbone": "smollm2-135m", "task": "rte", "cell": "parade", "seed": "0",
+             "problem": "failed: FloatingPointError: training loss is nan", "path": "x"}]
+
+
+def test_medians_spread_marks_paper_numbers_and_problems():
+    df, md = render(SPEC, _records(), PROBLEMS, {("sst2", "lora"): 86.0})
+    row = df[(df.task == "sst2") & (df.cell == "lora")].iloc[0]
+    assert (row["median"], row["min"], row["max"], row["n"]) == (87.0, 85.0, 88.0, 3)
+    assert row["diff"] == pytest.approx(1.0)
+    lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**87.0** (85.0–88.0, n=3); paper 86.0 (+1.0)" in lines["lora"]
+    assert "<u>82.0</u> (80.0–90.0, n=3)" in lines["iapt"], "second best underlined"
+    assert "| parade | 71.0 (70.0–72.0, n=3); vs iapt -13.0 [-18.0, -10.0] p=0.25 |" in lines["parade"]
+    assert "failed (seed0: failed: FloatingPointError: training loss is nan)" in lines["parade"]
+    assert "| iapt | <u>82.0</u>" in md and "**61.0**" in lines["iapt"], "rte: iapt 61 beats lora 60"
+    assert "- lr chosen on dev" in md
+
+
+def test_missing_cell_is_shown_not_dropped():
+    spec = TableSpec(paper="iapt", table=1, tasks=["sst2"], cells=["lora", "ssp", "iapt"], proposed="iapt")
+    df, md = render(spec, _records(), [])
+    assert "| ssp | missing |" in md
+    assert df[df.cell == "ssp"].iloc[0]["n"] == 0
+
+
+def test_paired_test_against_the_proposed_method():
+    df, md = render(SPEC, _records(), PROBLEMS)
+    row = df[(df.task == "sst2") & (df.cell == "lora")].iloc[0]
+    assert row["vs_n_pairs"] == 3 and row["vs_mean_diff"] == pytest.approx((5 + 5 - 2) / 3)
+    from scipy.stats import wilcoxon
+
+    assert row["vs_p_wilcoxon"] == pytest.approx(wilcoxon([5.0, 5.0, -2.0]).pvalue)
+    assert "vs iapt +2.7 [" in md
+    rte = df[(df.task == "rte") & (df.cell == "lora")].iloc[0]
+    assert rte["vs_n_pairs"] == 2, "only the seeds both cells have are paired"
+
+
+def test_paired_statistics():
+    same = paired({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.0, 1: 2.0, 2: 3.0})
+    assert same["mean_diff"] == 0 and same["p_wilcoxon"] == 1.0
+    up = paired({0: 2.0, 1: 3.0, 2: 5.0}, {0: 1.0, 1: 1.0, 2: 1.0})
+    assert up["p_wilcoxon"] == pytest.approx(0.25), "3 seeds, all better: the smallest two-sided p"
+    assert 1.0 <= up["ci_low"] <= up["mean_diff"] <= up["ci_high"] <= 4.0
+    one = paired({0: 2.0}, {0: 1.0})
+    assert one["n_pairs"] == 1 and math.isnan(one["p_wilcoxon"])
