@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/python run.py
 
-.PHONY: install run test test-all lint format table clean
+.PHONY: install run test test-all lint format runs table table1 tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,8 +33,24 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 
-table: $(STAMP)  ## aggregate every finished run into results/tables/runs.{md,csv}
+runs: $(STAMP)  ## aggregate every finished run into results/tables/runs.{md,csv}
 	$(BIN)/python -m runners.aggregate
+
+# Paper tables (scripts/table.py): plan, run the missing cells, render beside the paper's numbers.
+# SCALE=cpu picks the experiment's *_cpu version (SmolLM2-135M, local data, a CPU budget).
+SCALE   ?=
+SUFFIX  := $(if $(filter cpu,$(SCALE)),_cpu,)
+
+table1: $(STAMP)  ## IAPT Table 1 (make table1 SCALE=cpu: at this machine's scale)
+	$(BIN)/python -m scripts.table experiment=iapt_table1$(SUFFIX)
+
+table: $(STAMP)  ## any paper table: make table PAPER=parade N=1 [SCALE=cpu]
+	$(BIN)/python -m scripts.table experiment=$(PAPER)_table$(N)$(SUFFIX)
+
+tables: $(STAMP)  ## every paper table of the scale that has an experiment config
+	for f in conf/experiment/*_table*.yaml; do e=$$(basename $$f .yaml); \
+	  case "$$e" in *_cpu) [ "$(SUFFIX)" = _cpu ] || continue;; *) [ -z "$(SUFFIX)" ] || continue;; esac; \
+	  $(BIN)/python -m scripts.table experiment=$$e || exit $$?; done
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

@@ -27,7 +27,7 @@ def load_registries(packages=REGISTRIES) -> None:
         importlib.import_module(name)
 
 
-def compose(overrides=(), *, load=REGISTRIES, config_name: str = "config"):
+def compose(overrides=(), *, load=REGISTRIES, config_name: str = "config", return_hydra_config: bool = False):
     """The resolved top-level config for these command-line style overrides (no Hydra job is started)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -39,4 +39,4 @@ def compose(overrides=(), *, load=REGISTRIES, config_name: str = "config"):
         overrides.append("~method")
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF, version_base=None):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)

@@ -94,6 +94,9 @@ class RunConfig:
     experiment: Any = None
     seed: int = 0  # controls data order, initialization and dropout; `seed=0..4` sweeps five seeds
     data_dir: str | None = None  # folder of the task's original published files; null = the Hugging Face hub
+    # a folder laid out like ../shared/data: without data_dir, a run reads <data_root>/<task.local_dir>
+    # (so one sweep can span tasks); null = data_dir decides
+    data_root: str | None = None
     # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
     force: bool = False  # rerun even if the result file exists

@@ -16,6 +16,8 @@ import tempfile
 
 import torch
 
+from core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -141,8 +143,19 @@ def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "flo
                 f"backbone '{b.name}' is an encoder: training encoders needs a classification head "
                 "(the ID-SPAM setting), which the runner does not support yet; it can be built on "
                 "the meta device for parameter counts (python -m scripts.params)")
-        tok = AutoTokenizer.from_pretrained(b.hub_id)
-        model = AutoModelForCausalLM.from_pretrained(b.hub_id, dtype=torch_dtype)
+        from core.hub import go_offline, hub_reachable
+
+        if not hub_reachable():  # the cache only, at once, instead of ~90 s of retries
+            go_offline()
+        try:
+            tok = AutoTokenizer.from_pretrained(b.hub_id)
+            model = AutoModelForCausalLM.from_pretrained(b.hub_id, dtype=torch_dtype)
+        except OSError:
+            if hub_reachable():
+                raise
+            raise UserError(f"backbone '{b.name}' ({b.hub_id}) is not in the local Hugging Face cache and the hub "
+                            "cannot be reached from here; cache it on a networked machine with `python -m "
+                            f"scripts.prefetch backbone={b.name}`, or use backbone=smollm2-135m or tiny") from None
     else:
         raise ValueError(f"backbone.source='{b.source}' is not one of tiny, gguf, hub")
     if tok.pad_token_id is None:

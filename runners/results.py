@@ -34,9 +34,9 @@ SCHEMA_VERSION = 1
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).
-NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "print_table", "experiment",
+NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "data_root", "print_table", "experiment",
                 "runner.cache_dir", "runner.device", "runner.num_threads", "runner.logging_steps",
-                "runner.save_peft", "runner.resume", "runner.progress"}
+                "runner.save_peft", "runner.resume", "runner.progress", "task.local_dir"}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "wandb", "accelerate", "gguf")
 REQUIRED_KEYS = ("schema", "backbone", "task", "method", "cell", "seed", "status", "metrics", "dev", "params",
                  "config", "provenance", "wall_time_s", "curve")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass, field
 
@@ -72,7 +73,9 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             cell = names.get(("method", row["row"]))
-            task = names.get(("task", row["column"])) or names.get(("task", row["column"].split(" / ")[0]))
+            head = row["column"].split(" / ")[0]
+            task = next((names[("task", h)] for h in (row["column"], head, re.sub(r"\s*\(.*\)$", "", head))
+                         if ("task", h) in names), None)  # "SST-2 (acc)" -> "SST-2"
             if cell and task and row["value"] not in ("", None) and (task, cell) not in out:
                 out[(task, cell)] = float(row["value"])
     return out

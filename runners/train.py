@@ -53,6 +53,17 @@ def show_progress(runner) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+def task_data_dir(cfg) -> str | None:
+    """`data_dir`, or <data_root>/<task.local_dir> when only `data_root` is given (a grid over tasks)."""
+    if cfg.data_dir or not cfg.get("data_root"):
+        return cfg.data_dir
+    local = cfg.task.get("local_dir")
+    if not local:
+        raise UserError(f"task {cfg.task.name} has no local files under data_root={cfg.data_root} "
+                        "(task.local_dir is null); give data_dir=<folder>, or no data_root to use the hub")
+    return os.path.join(cfg.data_root, local)
+
+
 def effective_batch(runner, n_train: int) -> int:
     """Appendix F: 16 for tasks with fewer than 10k training rows, 128 otherwise (unless set)."""
     if runner.batch_size:
@@ -315,7 +326,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     set_seed(cfg.seed)
 
     task = build_task(cfg.task)
-    full = task.splits(cfg.data_dir)
+    full = task.splits(task_data_dir(cfg))
     n_train_full = len(full["train"])  # the batch-size rule looks at the task, not at a debug cap
     splits = capped(full, runner)
     sizes = {k: len(v) for k, v in splits.items()}

@@ -55,6 +55,7 @@ def main(argv: list[str]) -> None:
     from pefts.registry import build_peft
     from runners.backbones import load_backbone
     from runners.data import TrainCollator, encode_train
+    from runners.train import task_data_dir
     from tasks.base import format_example
     from tasks.registry import build_task
 
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> None:
     model.set_attn_implementation("eager")  # attention weights come back from each attention module
     for p in model.parameters():
         p.requires_grad_(False)
-    splits = build_task(cfg.task).splits(cfg.data_dir)
+    splits = build_task(cfg.task).splits(task_data_dir(cfg))
     test, labels = _balanced(splits["test"], int(opts["rows"]))
     label_ids = [format_example(tok, test[0].query, lab, cfg.task.template)[1][0] for lab in labels]
     assert label_ids[0] != label_ids[1], f"answers {labels} start with the same token"

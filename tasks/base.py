@@ -46,6 +46,9 @@ class TaskConfig:
     # seed of the split carving (Appendix C halving or 1k hold-out, a task's own dev hold-out, the source
     # task's with `source`, opt-in carving); fixed across run seeds, so every seed sees the same splits
     split_seed: int = 42
+    # folder of the task's original files under a data root laid out like ../shared/data (e.g. glue/SST-2):
+    # with `data_root=` and no `data_dir=`, the run reads <data_root>/<local_dir>; null = none published here
+    local_dir: str | None = None
 
 
 @dataclass

@@ -53,6 +53,10 @@ def load_hub(repo: str, config: str | None = None, splits: tuple[str, ...] | Non
     """
     import datasets
 
+    from core.hub import go_offline, hub_reachable
+
+    if not hub_reachable():  # fail (or read the cache) at once instead of after ~90 s of retries
+        go_offline()
     try:
         ds = datasets.load_dataset(repo, config)
     except Exception as e:

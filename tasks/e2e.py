@@ -28,6 +28,7 @@ LORA_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt
 @dataclass
 class E2eConfig(TaskConfig):
     name: str = "e2e"
+    local_dir: str | None = "e2e"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 128  # the longest references are about 70 words
     # which original file format data_dir holds: auto (csv if trainset.csv exists, else LoRA's train.txt in
     # data_dir or data_dir/lora_format) | csv | lora

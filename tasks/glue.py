@@ -135,6 +135,7 @@ def nli_query(s1: str, s2: str, question: str = NLI_QUESTION) -> str:
 @dataclass
 class Sst2Config(TaskConfig):
     name: str = "sst2"
+    local_dir: str | None = "glue/SST-2"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 4  # 'positive' / 'negative'
     source: str | None = None  # training task: null/sst2 = SST-2 itself; imdb = IMDB -> SST-2 transfer
     source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)
@@ -162,6 +163,7 @@ def sentiment_query(text: str) -> str:
 @dataclass
 class RteConfig(TaskConfig):
     name: str = "rte"
+    local_dir: str | None = "glue/RTE"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 8  # 'not entailment' is 3-4 tokens
 
 
@@ -180,6 +182,7 @@ class Rte(GlueTask):
 @dataclass
 class QnliConfig(CarveConfig):
     name: str = "qnli"
+    local_dir: str | None = "glue/QNLI"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 8  # 'not entailment' is 3-4 tokens
 
 
@@ -226,6 +229,7 @@ class Mnli(GlueTask):
 @dataclass
 class MrpcConfig(TaskConfig):
     name: str = "mrpc"
+    local_dir: str | None = "glue/MRPC"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 6  # 'not equivalent' is 3-4 tokens
     source: str | None = None  # training task: null/mrpc = MRPC itself; qqp = QQP -> MRPC transfer
     source_data_dir: str | None = None  # local folder of the source task's files (when data_dir is set)

@@ -22,6 +22,7 @@ from tasks.registry import register_task
 @dataclass
 class Gsm8kConfig(TaskConfig):
     name: str = "gsm8k"
+    local_dir: str | None = "gsm8k"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 320  # solutions run to ~200 tokens
     dev_size: int = 500  # training problems held out as dev (iapt.txt C.4: 0.5k)
 

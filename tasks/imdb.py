@@ -33,6 +33,7 @@ from tasks.registry import register_task
 @dataclass
 class ImdbConfig(TaskConfig):
     name: str = "imdb"
+    local_dir: str | None = "imdb"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 4  # 'positive' / 'negative'
     source: str | None = "sst2"  # training task: sst2 (SST-2 -> IMDB transfer) | imdb (in-domain)
     source_data_dir: str | None = None  # local folder of SST-2's TSVs (when data_dir is set)

@@ -37,6 +37,7 @@ def flatten_squad(articles: list[dict]) -> list[dict]:
 @dataclass
 class SquadConfig(CarveConfig):
     name: str = "squad"
+    local_dir: str | None = "squad"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 32  # answer spans are short
 
 

@@ -72,6 +72,7 @@ class SuperGlueTask(BenchTask):
 @dataclass
 class BoolqConfig(CarveConfig):
     name: str = "boolq"
+    local_dir: str | None = "superglue/BoolQ"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 4  # 'yes' / 'no'
 
 
@@ -99,6 +100,7 @@ COPA_QUESTIONS = {"cause": "What was the cause?", "effect": "What happened as a 
 @dataclass
 class CopaConfig(CarveConfig):
     name: str = "copa"
+    local_dir: str | None = "superglue/COPA"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 3  # '1' / '2'
 
 
@@ -126,6 +128,7 @@ class Copa(SuperGlueTask):
 @dataclass
 class CbConfig(TaskConfig):
     name: str = "cb"
+    local_dir: str | None = "superglue/CB"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 6  # 'entailment' / 'contradiction' / 'neutral'
 
 
@@ -153,6 +156,7 @@ class Cb(SuperGlueTask):
 @dataclass
 class MultircConfig(CarveConfig):
     name: str = "multirc"
+    local_dir: str | None = "superglue/MultiRC"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 4  # 'yes' / 'no'
 
 

@@ -61,6 +61,7 @@ def table_info(table: dict) -> str:
 @dataclass
 class WikisqlConfig(TaskConfig):
     name: str = "wikisql"
+    local_dir: str | None = "wikisql"  # its original files under data_root (../shared/data layout)
     max_new_tokens: int = 96  # one SELECT with a few conditions
     # inherited split_seed is unused: WikiSQL keeps its own train/dev/test
 

@@ -253,3 +253,35 @@ def test_out_of_memory_names_the_options_that_lower_memory(tmp_results, monkeypa
                                         r"=true, runner.dtype=bfloat16 \(failed record: .*seed0.failed.json\)$"):
         run_cfg("seed=0")
     assert json.loads(seed_path(tmp_results, 0, ".failed.json").read_text())["status"] == "failed"
+
+
+def _cli(*args, **env_extra):
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(env_extra)
+    return subprocess.run([sys.executable, "run.py", "runner=debug", "logger=none", "print_table=false", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    """No HF_HUB_OFFLINE set and no network to the hub: one probe, then one line (not ~90 s of retries)."""
+    import time
+
+    t0 = time.time()
+    res = _cli("backbone=tiny", "task=sst2", "method=lora", HARNESS_RESULTS=str(tmp_path),
+               HF_ENDPOINT="https://hub.invalid", HF_HOME=str(tmp_path / "hf"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "hub dataset 'nyu-mll/glue' cannot be loaded here" in lines[0]
+    assert "data_dir=" in lines[0] and "scripts.prefetch" in lines[0] and "Traceback" not in res.stderr
+    assert time.time() - t0 < 60, "no retries with back-off"
+
+
+def test_uncached_hub_backbone_offline_is_one_line(tmp_path):
+    res = _cli("backbone=llama2-7b", "task=sst2", "method=lora", f"data_dir={ROOT}/tests/fixtures/sst2",
+               HARNESS_RESULTS=str(tmp_path), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: backbone 'llama2-7b' (meta-llama/Llama-2-7b-hf) is not in the local Hugging Face cache and the hub "
+        "cannot be reached from here; cache it on a networked machine with `python -m scripts.prefetch "
+        "backbone=llama2-7b`, or use backbone=smollm2-135m or tiny")
+    assert "Traceback" not in res.stderr

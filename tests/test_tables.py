@@ -70,3 +70,31 @@ def test_paired_statistics():
     assert 1.0 <= up["ci_low"] <= up["mean_diff"] <= up["ci_high"] <= 4.0
     one = paired({0: 2.0}, {0: 1.0})
     assert one["n_pairs"] == 1 and math.isnan(one["p_wilcoxon"])
+
+
+def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
+    """scripts/table.py on the CPU Table 1 grid with two hand-made records: the plan counts them, the
+    table shows them beside IAPT Table 1's numbers, and a bad experiment name is one line."""
+    import json
+
+    from core.errors import UserError
+    from scripts import table
+
+    runs = tmp_path / "runs"
+    for cell, acc in (("lora", 87.0), ("iapt", 80.0)):
+        folder = runs / "smollm2-135m" / "sst2" / cell
+        folder.mkdir(parents=True)
+        rec = {"schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": cell, "variant": None,
+               "cell": cell, "seed": 0, "status": "ok", "metrics": {"acc": acc}, "dev": {}, "params": {},
+               "config": {"method": {"name": cell}}, "provenance": {}, "wall_time_s": 600.0, "curve": {}}
+        (folder / "seed0.json").write_text(json.dumps(rec))
+    table.main(["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
+    out = capsys.readouterr().out
+    assert "iapt_table1_cpu: 48 runs (8 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 46 to run; " \
+           "about 7.7 h left at the median wall time of the finished runs (10 min)" in out
+    md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
+    assert "NOT the paper's setting" in md
+    assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing |" in md
+    assert "| houlsby | missing | missing |" in md
+    with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
+        table.main(["experiment=nope"])

@@ -1,0 +1,137 @@
+"""Regenerate a paper table: print the plan, run the missing cells through run.py, render the table.
+
+    python -m scripts.table experiment=iapt_table1_cpu              # plan, run what is missing, render
+    python -m scripts.table experiment=iapt_table1 run=false        # plan and render only
+    python -m scripts.table experiment=iapt_table1_cpu results_dir=/tmp/runs out=/tmp/tables
+    make table1 [SCALE=cpu]   |   make table PAPER=iapt N=1   |   make tables [SCALE=cpu]
+
+The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
+the methods when given); the paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
+and the proposed method (paired tests) is the paper's own. Finished runs are reused (run.py skips them);
+the rendered table goes to results/tables/<experiment>.{md,csv}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+from core.errors import UserError, exit_on_user_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAME = re.compile(r"^(?P<paper>iapt|parade|para|idspam)_table(?P<n>\d+)(?P<cpu>_cpu)?$")
+PROPOSED = {"iapt": "iapt", "parade": "parade", "para": "para", "idspam": "idspam"}
+
+
+def grid(experiment: str, overrides: list[str] = ()) -> tuple[object, dict[str, list[str]]]:
+    """(the experiment's composed config, {key: values}) of its sweeper params."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from core.config import compose
+
+    cfg = compose([f"experiment={experiment}", *overrides], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params or {})
+    if not params:
+        raise UserError(f"experiment={experiment} has no hydra.sweeper.params grid (method, task, seed)")
+    parser = OverridesParser.create()
+    out = {}
+    for key, value in params.items():
+        override = parser.parse_override(f"{key}={value}")
+        out[key] = [str(v) for v in override.sweep_string_iterator()] if override.is_sweep_override() else [str(value)]
+    missing = [k for k in ("method", "task", "seed") if k not in out]
+    if missing:
+        raise UserError(f"experiment={experiment}'s grid lacks {', '.join(missing)} (it has {', '.join(out)})")
+    return cfg, out
+
+
+def plan(cfg, axes: dict[str, list[str]]) -> dict:
+    """Every run of the grid with its state: done (a finished record), failed, or to run."""
+    from runners import results as R
+
+    cells = axes.get("variant") or axes["method"]
+    runs = []
+    for (cell, task, seed) in itertools.product(cells, axes["task"], axes["seed"]):
+        path = os.path.join(cfg.results_dir, cfg.backbone.name, task, cell, f"seed{seed}.json")
+        state = "to run"
+        if os.path.exists(path):
+            try:
+                state = "done" if R.read_record(path).get("status") == "ok" else "failed"
+            except R.CorruptRecord:
+                state = "corrupt"
+        elif os.path.exists(R.failed_path(path)):
+            state = "failed"
+        runs.append({"cell": cell, "task": task, "seed": int(seed), "path": path, "state": state})
+    return {"runs": runs, "cells": cells, "tasks": axes["task"]}
+
+
+def describe(experiment: str, p: dict) -> str:
+    from runners import results as R
+
+    runs = p["runs"]
+    count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
+    walls = [R.read_record(r["path"]).get("wall_time_s") for r in runs if r["state"] == "done"]
+    walls = [w for w in walls if w]
+    left = count["to run"] + count["failed"] + count["corrupt"]
+    est = (f"about {left * statistics.median(walls) / 3600:.1f} h left at the median wall time of the finished "
+           f"runs ({statistics.median(walls) / 60:.0f} min)") if walls and left else (
+           "nothing left to run" if not left else "no finished run yet to estimate the time from")
+    return (f"{experiment}: {len(runs)} runs ({len(p['cells'])} methods x {len(p['tasks'])} tasks x "
+            f"{len(runs) // max(1, len(p['cells']) * len(p['tasks']))} seeds): {count['done']} done, "
+            f"{count['failed'] + count['corrupt']} failed or corrupt, {count['to run']} to run; {est}")
+
+
+def render_table(experiment: str, cfg, p: dict, out_dir: str) -> str:
+    from runners.aggregate import atomic_write_text, scan
+    from runners.tables import TableSpec, paper_numbers, render
+
+    m = NAME.match(experiment)
+    paper, number, cpu = m["paper"], int(m["n"]), bool(m["cpu"])
+    title = f"{paper.upper()} Table {number}, {cfg.backbone.name}" + (
+        " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
+    spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=p["cells"], proposed=PROPOSED[paper],
+                     backbone=cfg.backbone.name, title=title)
+    records, problems = scan(cfg.results_dir)
+    df, md = render(spec, records, problems, paper_numbers(spec))
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"{experiment}.md"), md)
+    atomic_write_text(os.path.join(out_dir, f"{experiment}.csv"), df.to_csv(index=False))
+    return md
+
+
+def main(argv: list[str]) -> None:
+    opts = {"experiment": None, "run": "true", "out": os.path.join(ROOT, "results", "tables"), "results_dir": None}
+    for a in argv:
+        k, sep, v = a.partition("=")
+        if not sep or k not in opts:
+            raise UserError(f"unknown argument '{a}'; valid: experiment=<name>, run=true|false, out=<folder>, "
+                            "results_dir=<folder>")
+        opts[k] = v
+    experiment = opts["experiment"]
+    names = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "conf", "experiment")) if NAME.match(f[:-5]))
+    if not experiment or experiment not in names:
+        raise UserError(f"experiment={experiment!r} is not a table experiment; valid: {', '.join(names)}")
+    if opts["run"] not in ("true", "false"):
+        raise UserError(f"run={opts['run']!r} must be true or false")
+    extra = [f"results_dir={opts['results_dir']}"] if opts["results_dir"] else []
+    cfg, axes = grid(experiment, extra)
+    p = plan(cfg, axes)
+    print(describe(experiment, p), flush=True)
+    if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
+        res = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--multirun", f"experiment={experiment}",
+                              "print_table=false", *extra], cwd=ROOT)
+        if res.returncode:
+            print(f"error: the grid stopped (exit {res.returncode}); the table shows what is finished",
+                  file=sys.stderr)
+        p = plan(cfg, axes)
+        print(describe(experiment, p))
+    print(render_table(experiment, cfg, p, opts["out"]))
+    if any(r["state"] != "done" for r in p["runs"]) and opts["run"] == "true":
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main, sys.argv[1:])
