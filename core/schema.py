@@ -49,6 +49,9 @@ class RunnerConfig:
     patience: int = 10  # stop after this many evaluations without a lower dev loss
     max_seq_len: int = 2048  # prompt+response tokens; longer prompts are truncated from the left
     num_beams: int = 3  # beam search size for predictions (iapt.txt 4.3)
+    # how test answers are made: generate (beam search, the papers' protocol) | likelihood (classification
+    # tasks: the label whose tokens are most likely; cheaper, and meaningful for an untrained model)
+    scoring: str = "generate"
     eval_batch_size: int = 16  # rows per generation/eval batch
     # also generate on dev with the best checkpoint and score it ("dev-best metrics")
     dev_generation: bool = True

@@ -54,6 +54,10 @@ def result_path(cfg, cell: str | None = None) -> str:
     return os.path.join(cfg.results_dir, cfg.backbone.name, cfg.task.name, cell, f"seed{cfg.seed}.json")
 
 
+# keys added after records existed, with the value every older record was computed with
+ADDED_LATER = {"runner.scoring": "generate"}
+
+
 def comparable(config: dict, drop_method: bool = False) -> dict:
     """The part of a resolved config that identifies what a run computes."""
     out = {}
@@ -62,6 +66,10 @@ def comparable(config: dict, drop_method: bool = False) -> dict:
             continue
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if f"{group}.{k}" not in NOT_COMPARED}
+            for key, old in ADDED_LATER.items():
+                g, _, k = key.partition(".")
+                if g == group:
+                    value.setdefault(k, old)
         out[group] = value
     return out
 

@@ -30,6 +30,7 @@ from runners import results as R
 from runners.backbones import load_backbone
 from runners.bilevel import training_setup
 from runners.data import TrainCollator, encode_train, prompt_batches
+from runners.scoring import SCORINGS, check_labels, predict_likelihood
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,16 @@ def predict(model, tok, examples, task_cfg, runner, device: str, split: str = "t
     return out
 
 
+def predictions(model, tok, task, examples, task_cfg, runner, device: str, split: str = "test") -> list[str]:
+    """Test (or dev) answers by `runner.scoring`: generated (the papers' protocol), or the most likely label."""
+    if runner.scoring == "likelihood":
+        labels = check_labels(task, examples, task_cfg.name)
+        return predict_likelihood(model, tok, examples, labels, task_cfg.template, runner.max_seq_len,
+                                  runner.eval_batch_size, device, progress=show_progress(runner),
+                                  what=f"{task_cfg.name} {split} likelihood")
+    return predict(model, tok, examples, task_cfg, runner, device, split=split)
+
+
 def prediction_rows(examples, predictions) -> list[dict]:
     return [{"id": e.id, "prompt": e.query, "prediction": p, "reference": e.references}
             for e, p in zip(examples, predictions)]
@@ -188,7 +199,7 @@ def zero_shot(cfg, model, tok, splits, device, config: dict, protocol: str) -> d
         return done
     t0 = time.time()
     task = build_task(cfg.task)
-    preds = predict(model, tok, splits["test"], cfg.task, cfg.runner, device)
+    preds = predictions(model, tok, task, splits["test"], cfg.task, cfg.runner, device)
     metrics = task.score(preds, splits["test"])
     total = sum(p.numel() for p in model.parameters())
     record = {"schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
@@ -260,6 +271,8 @@ def validate_settings(cfg) -> None:
                        ("max_test_examples", r.max_test_examples)):
         if value is not None and value < 1:
             raise UserError(f"runner.{key}={value} must be >= 1 or null (all rows)")
+    if r.scoring not in SCORINGS:
+        raise UserError(f"runner.scoring='{r.scoring}' is not one of {', '.join(SCORINGS)}")
     if r.progress not in ("auto", "on", "off"):
         raise UserError(f"runner.progress='{r.progress}' is not one of auto, on, off")
     resolve_device(r.device)
@@ -402,9 +415,9 @@ def _run(cfg, config: dict, path: str) -> dict:
     dev = {"loss": best.best_loss, "best_step": best.best_step}
     dev_preds = None
     if runner.dev_generation:
-        dev_preds = predict(model, tok, splits["dev"], cfg.task, runner, device, split="dev")
+        dev_preds = predictions(model, tok, task, splits["dev"], cfg.task, runner, device, split="dev")
         dev.update(task.score(dev_preds, splits["dev"]))
-    test_preds = predict(model, tok, splits["test"], cfg.task, runner, device)
+    test_preds = predictions(model, tok, task, splits["test"], cfg.task, runner, device)
     metrics = task.score(test_preds, splits["test"])
     record = {
         "schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,

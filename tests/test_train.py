@@ -146,3 +146,42 @@ def test_smollm2_lora_learns_the_synthetic_task(tmp_results):
     assert dev[-1] < 0.5 * dev[0], dev
     zero = json.loads((tmp_results / "smollm2-135m" / "synth-compare" / "zero-shot" / "seed0.json").read_text())
     assert rec["metrics"]["acc"] > zero["metrics"]["acc"] + 30
+
+
+def test_likelihood_scoring_picks_the_most_likely_label(tmp_results):
+    """runner.scoring=likelihood: each prediction is the label with the highest summed log-probability of
+    its response tokens (EOS included), checked against a direct per-example computation."""
+    import torch
+
+    from runners.backbones import load_backbone
+    from runners.scoring import predict_likelihood
+    from tasks.base import format_example
+    from tasks.registry import build_task
+
+    cfg = compose("task=sst2", f"data_dir={os.path.join(ROOT, 'tests', 'fixtures', 'sst2')}")
+    task = build_task(cfg.task)
+    examples = task.splits(cfg.data_dir)["test"]
+    torch.manual_seed(0)
+    model, tok = load_backbone(cfg.backbone)
+    preds = predict_likelihood(model, tok, examples, task.labels, "llama2", 256, batch_size=3, device="cpu")
+    for ex, pred in zip(examples, preds):
+        best, best_lp = None, -float("inf")
+        for label in task.labels:
+            prompt, resp = format_example(tok, ex.query, label, "llama2")
+            ids = torch.tensor([prompt + resp])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
+            total = sum(lp[len(prompt) - 1 + t, tok_id].item() for t, tok_id in enumerate(resp))
+            best, best_lp = (label, total) if total > best_lp else (best, best_lp)
+        assert pred == best
+    rec = run_cfg("method=lora", "task=sst2", f"data_dir={os.path.join(ROOT, 'tests', 'fixtures', 'sst2')}",
+                  "runner.scoring=likelihood")
+    assert rec["config"]["runner"]["scoring"] == "likelihood" and "acc" in rec["metrics"]
+
+
+def test_likelihood_scoring_needs_a_label_set(tmp_results):
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="runner.scoring=likelihood needs a classification task with a label set; "
+                                        "task 'synth-compare' has none"):
+        run_cfg("method=lora", "task=synth-compare", "runner.scoring=likelihood")

@@ -1,0 +1,64 @@
+"""Likelihood scoring of classification tasks (`runner.scoring=likelihood`), the lm-evaluation-harness way:
+for every example, the label whose response tokens the model finds most likely given the prompt.
+
+    preds = predict_likelihood(model, tok, examples, labels=["negative", "positive"], template="chat",
+                               max_seq_len=256, batch_size=16, device="cpu")
+
+Each candidate is scored as the sum of the log-probabilities of its response tokens *including the EOS
+that ends every training response* (tasks/base.py format_example), so "entailment" is scored as a whole
+answer and not as the prefix of a longer one. Cheaper than beam search (one forward pass per candidate, no
+decoding) and meaningful for an untrained model that answers in sentences. The prediction is the label
+word itself, scored by the task's own metric as a generated answer would be. Written by hand: neither
+transformers nor lm-evaluation-harness (not a dependency) scores through an arbitrary nn.Module such as
+the input-aware family's FamilyModel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from tqdm.auto import tqdm
+
+from core.errors import UserError
+from runners.data import TrainCollator, encode_train
+
+SCORINGS = ("generate", "likelihood")
+
+
+def check_labels(task, examples, task_name: str) -> list[str]:
+    """The task's label words, refused in one line for tasks without a fixed label set."""
+    labels = list(getattr(task, "labels", None) or [])
+    if not labels:
+        raise UserError(f"runner.scoring=likelihood needs a classification task with a label set; task "
+                        f"'{task_name}' has none (use runner.scoring=generate)")
+    off = sorted({ex.response for ex in examples if ex.response not in labels})
+    if off:
+        raise UserError(f"runner.scoring=likelihood: task '{task_name}' has responses outside its labels "
+                        f"{labels}: {off[:3]}")
+    return labels
+
+
+@torch.no_grad()
+def predict_likelihood(model, tok, examples, labels: list[str], template: str, max_seq_len: int, batch_size: int,
+                       device: str, progress: bool = False, what: str = "") -> list[str]:
+    model.eval()
+    owner = [(i, j) for i in range(len(examples)) for j in range(len(labels))]
+    rows = encode_train([replace(examples[i], response=labels[j]) for i, j in owner], tok, template, max_seq_len,
+                        what=what)
+    scores = torch.full((len(examples), len(labels)), float("-inf"))
+    collate = TrainCollator(tok.pad_token_id)
+    order = sorted(range(len(rows)), key=lambda k: -len(rows[k]["input_ids"]))  # little padding per batch
+    for start in tqdm(range(0, len(order), batch_size), desc="likelihood", unit="batch", disable=not progress,
+                      leave=False):
+        idx = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([rows[k] for k in idx]).items()}
+        logits = model(**batch).logits.float()  # labels tell a FamilyModel where the instruction ends
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = batch["labels"][:, 1:]
+        keep = target != -100
+        token_lp = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep
+        for k, total in zip(idx, token_lp.sum(-1).cpu()):
+            i, j = owner[k]
+            scores[i, j] = total
+    return [labels[j] for j in scores.argmax(-1).tolist()]
