@@ -1,0 +1,161 @@
+"""Figures from result files (matplotlib, PNG under results/figures/).
+
+    python -m scripts.figures rational peft=results/.../seed0.peft.safetensors [out=results/figures/x.png]
+        IAPT Figure 4: each layer group's learned rational activation against GELU and the initial fit
+    python -m scripts.figures params results_dir=results/cpu/runs task=sst2 [backbone=smollm2-135m]
+        IAPT Figure 2 style: median test score against tunable parameters, one point per cell
+    python -m scripts.figures length results_dir=... task=... method=iapt
+        IAPT Figure 3 style: median test score against the prompt length (method.n_tokens) of the cells
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import sys
+
+import torch
+
+from core.errors import UserError, exit_on_user_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIGURES = os.path.join(ROOT, "results", "figures")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def rationals(peft_path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{parameter prefix: (numerator, denominator)} of every rational activation in a PEFT weights file."""
+    from safetensors.torch import load_file
+
+    state = load_file(peft_path)
+    out = {}
+    for name, tensor in state.items():
+        if name.endswith(".numerator"):
+            prefix = name[: -len(".numerator")]
+            if f"{prefix}.denominator" in state:
+                out[prefix] = (tensor.float(), state[f"{prefix}.denominator"].float())
+    if not out:
+        raise UserError(f"peft='{peft_path}' holds no rational activation (numerator/denominator tensors)")
+    return dict(sorted(out.items(), key=lambda kv: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", kv[0])]))
+
+
+def plot_rationals(peft_path: str, out: str, lim: float = 8.0) -> str:
+    from pefts.blocks.activations import Rational
+
+    plt = _plt()
+    acts = rationals(peft_path)
+    x = torch.linspace(-lim, lim, 801)
+    cols = min(4, len(acts))
+    rows = (len(acts) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    init = Rational()
+    with torch.no_grad():
+        y_init, y_gelu = init(x), torch.nn.functional.gelu(x)
+        for ax, (name, (a, b)) in zip(axes.flat, acts.items()):
+            r = Rational(a.tolist(), b.tolist())
+            ax.plot(x, y_gelu, color="0.6", lw=2, label="GELU")
+            ax.plot(x, y_init, "--", color="C1", lw=1, label="rational GELU (init)")
+            ax.plot(x, r(x), color="C0", lw=1.2, label="learned")
+            change = float((r(x) - y_init).abs().max())
+            ax.set_title(f"{_short(name)}\nmax |learned - init| = {change:.2g}", fontsize=8)
+            ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(acts):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"Learned rational activations ({os.path.basename(peft_path)})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def _short(name: str) -> str:
+    nums = re.findall(r"\d+", name)
+    return f"generator group {nums[-1]}" if nums else name
+
+
+def _save(fig, out: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, out)
+    _plt().close(fig)
+    return out
+
+
+def _cells(results_dir: str, backbone: str | None, task: str) -> dict[str, list[dict]]:
+    from runners.aggregate import scan
+
+    records, _ = scan(results_dir)
+    cells: dict[str, list[dict]] = {}
+    for r in records:
+        if r["task"] == task and (backbone is None or r["backbone"] == backbone):
+            cells.setdefault(r["cell"], []).append(r)
+    if not cells:
+        raise UserError(f"no finished records of task '{task}' under results_dir='{results_dir}'")
+    return cells
+
+
+def _median(recs: list[dict]) -> float:
+    return statistics.median(float(next(iter(r["metrics"].values()))) for r in recs)
+
+
+def plot_params(results_dir: str, task: str, out: str, backbone: str | None = None) -> str:
+    plt = _plt()
+    cells = _cells(results_dir, backbone, task)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for cell, recs in sorted(cells.items()):
+        n = recs[0]["params"].get("trainable")
+        if n:
+            ax.scatter(n, _median(recs), s=18)
+            ax.annotate(f"{cell} (n={len(recs)})", (n, _median(recs)), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="tunable parameters", ylabel=f"{task}: median test score", title=f"{task}: score vs parameters")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_length(results_dir: str, task: str, method: str, out: str, backbone: str | None = None) -> str:
+    plt = _plt()
+    pts = sorted((r[0]["config"]["method"]["n_tokens"], _median(r), len(r))
+                 for r in _cells(results_dir, backbone, task).values() if r[0]["method"] == method)
+    if not pts:
+        raise UserError(f"no finished '{method}' records of task '{task}' under results_dir='{results_dir}'")
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+    ax.set(xlabel="prompt length (soft tokens)", ylabel=f"{task}: median test score",
+           title=f"{method} on {task}: score vs prompt length")
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in ("rational", "params", "length"):
+        raise UserError("usage: python -m scripts.figures rational|params|length key=value ... (see the docstring)")
+    kind, opts = argv[0], dict(a.partition("=")[::2] for a in argv[1:])
+    if kind == "rational":
+        if "peft" not in opts:
+            raise UserError("scripts.figures rational needs peft=<file.peft.safetensors> (an IAPT run's weights)")
+        out = opts.get("out") or os.path.join(FIGURES, "rational_" + os.path.basename(opts["peft"]).split(".")[0] + ".png")
+        print(plot_rationals(opts["peft"], out))
+        return
+    if "task" not in opts:
+        raise UserError(f"scripts.figures {kind} needs task=<name> (and results_dir=, backbone=)")
+    results_dir = opts.get("results_dir", os.path.join(ROOT, "results", "runs"))
+    out = opts.get("out") or os.path.join(FIGURES, f"{kind}_{opts['task']}.png")
+    if kind == "params":
+        print(plot_params(results_dir, opts["task"], out, opts.get("backbone")))
+    else:
+        print(plot_length(results_dir, opts["task"], opts.get("method", "iapt"), out, opts.get("backbone")))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main, sys.argv[1:])
