@@ -44,6 +44,9 @@ class IaptConfig(MethodConfig):
     init: str = "zero_up"
     init_std: float = 1e-3  # std of W_up under init=small_normal (nn.Linear's default for m=256 is 0.036)
     layers: Any = "all"  # layers that get generated prompts: all, or a list of indices
+    # true: the poolers skip each row's first instruction token (BOS / chat-template start: the attention
+    # sink, whose massive activations dominate the pool; issue #9, docs/deviations.md)
+    pool_skip_first: bool = False
     # soft block before the instruction; append = right after it (docs/deviations.md)
     position: str = "prepend"
     # true (with init=default): W_up = W_down^T, halving the generator (8.4M on LLaMA-2 7B, the paper's count)
@@ -65,7 +68,7 @@ def build(model, cfg: IaptConfig):
                          "pass through later layers give NaN gradients; use method.init=default")
     factory = bank_factory(share_every=cfg.share_every, bottleneck=cfg.bottleneck, pooler=cfg.pooler,
                            activation=_names(cfg.activation), tie_up_down=cfg.tie_up_down, init=cfg.init,
-                           init_std=cfg.init_std)
+                           init_std=cfg.init_std, pool_skip_first=cfg.pool_skip_first)
     fam = build_family(model, injector="soft_prompt", layers=cfg.layers, n_tokens=cfg.n_tokens,
                        position=cfg.position, generator_factory=factory)
     theta = fam.architecture_parameters()  # the rational activations' a_j, b_i (none for gelu/relu)

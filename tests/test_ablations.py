@@ -134,3 +134,19 @@ def test_iapt_inits_set_the_up_projection_as_documented(init):
     else:  # nn.Linear: U(-1/sqrt(m), 1/sqrt(m)), std 1/sqrt(3m)
         m = ups[0].shape[1]
         assert abs(std - (3 * m) ** -0.5) < 0.2 * (3 * m) ** -0.5
+
+
+def test_pool_skip_first_leaves_the_first_instruction_token_out_of_the_pool():
+    from pefts.blocks.generators import GeneratorBank
+
+    torch.manual_seed(0)
+    kw = dict(in_dim=8, bottleneck=4, out_dim=8, n_tokens=2, pooler="attention", activation="gelu")
+    plain, skip = GeneratorBank(1, 1, **kw), GeneratorBank(1, 1, **kw, pool_skip_first=True)
+    skip.load_state_dict(plain.state_dict())
+    h = torch.randn(2, 5, 8)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])  # left padding; row 1 has one instruction token
+    changed = h.clone()
+    changed[0, 1] += 100.0  # row 0's first instruction token: a massive activation
+    assert torch.allclose(skip(0, h, mask)[0], skip(0, changed, mask)[0]), "the first token is not pooled"
+    assert not torch.allclose(plain(0, h, mask)[0], plain(0, changed, mask)[0])
+    assert torch.allclose(skip(0, h, mask)[1], plain(0, h, mask)[1]), "a one-token instruction keeps its token"

@@ -109,6 +109,7 @@ class Generator(nn.Module):
         pool_first: bool = False,
         n_tokens: int = 1,
         out_activation: nn.Module | None = None,
+        skip_first: bool = False,
     ):
         super().__init__()
         assert down.out_features == up.in_features, (
@@ -121,11 +122,19 @@ class Generator(nn.Module):
         )
         self.down, self.pooler, self.activation, self.up = down, pooler, activation, up
         self.out_activation = out_activation
-        self.pool_first, self.n_tokens = pool_first, n_tokens
+        self.pool_first, self.n_tokens, self.skip_first = pool_first, n_tokens, skip_first
         self.out_dim = up.out_features * n_out // n_tokens
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """x: [B, T, in_dim] hidden states, mask: [B, T] (1 at instruction tokens) -> [B, n_tokens, out_dim]."""
+        """x: [B, T, in_dim] hidden states, mask: [B, T] (1 at instruction tokens) -> [B, n_tokens, out_dim].
+        skip_first: the first instruction token of each row (BOS / a chat template's start, the attention
+        sink whose massive activations otherwise dominate the pool) is left out of the pooler's mask."""
+        if self.skip_first:
+            mask = mask.bool()
+            first = mask.float().argmax(1)
+            several = mask.sum(1) > 1  # a one-token instruction keeps its token
+            drop = torch.zeros_like(mask).scatter_(1, first[:, None], True) & several[:, None]
+            mask = mask & ~drop
         if self.pool_first:
             z = self.down(self.pooler(x, mask))
         else:
@@ -208,11 +217,13 @@ class GeneratorBank(nn.Module):
         layer_ids: Sequence[int] | None = None,
         tie_up_down: bool = False,
         up_bias_trainable: bool = True,
+        pool_skip_first: bool = False,
     ):
         """Beyond `build_generator`'s arguments: `activation` may be a list of names that splits the layers
         into that many equal consecutive parts (IAPT-6: [relu, gelu] = ReLU in the lower half, GeLU in the
         upper); `tie_up_down` makes W_up = W_down^T (needs out_dim == in_dim, one token per pooled vector);
-        `up_bias_trainable=False` keeps b_up at its init (ones for 'zero_up_ones_bias') as a constant."""
+        `up_bias_trainable=False` keeps b_up at its init (ones for 'zero_up_ones_bias') as a constant;
+        `pool_skip_first` leaves each row's first instruction token out of the poolers (see `Generator`)."""
         super().__init__()
         assert num_layers > 0, f"num_layers must be positive, got {num_layers}"
         assert share_every > 0, f"share_every (L_s) must be positive, got {share_every}"
@@ -247,7 +258,7 @@ class GeneratorBank(nn.Module):
                     up.bias.requires_grad_(False)
                 act = make_activation(acts[part], **(activation_kwargs or {}))
                 out_act = None if out_activation is None else make_activation(out_activation)
-            gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act))
+            gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act, skip_first=pool_skip_first))
         self.generators = nn.ModuleList(gens)
 
     @property
