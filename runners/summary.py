@@ -16,11 +16,27 @@ def print_cell_table(results_dir: str, backbone: str, task: str) -> None:
     records = [r for r in found if r["backbone"] == backbone and r["task"] == task]
     problems = [p for p in problems if p["backbone"] == backbone and p["task"] == task]
     print(f"\n== {backbone} / {task}: median over seeds (test split) ==")
-    print(to_markdown(summarize(records)) + problems_markdown(problems), end="")
+    summary = summarize(records)
+    print(to_markdown(summary) + problems_markdown(problems), end="")
+    for line in chance_notes(summary, records):
+        print(line)
     print(f"result files: {os.path.join(results_dir, backbone, task)}/")
     wandb_dirs = sorted({r.get("wandb_dir") for r in records if r.get("wandb_dir")})
     if wandb_dirs:
         print(f"W&B runs (offline ones: `wandb sync {wandb_dirs[-1]}`): {', '.join(wandb_dirs[-3:])}")
+
+
+def chance_notes(summary, records: list[dict], margin: float = 5.0) -> list[str]:
+    """A line for every cell whose median is within `margin` points of the task's chance level (a uniform
+    guess among the answer choices, from the records), so a table never shows a method at chance silently."""
+    chance = {(r["task"], r["cell"]): r.get("chance") for r in records if r.get("chance") is not None}
+    notes = []
+    for row in summary.itertuples():
+        c = chance.get((row.task, row.cell))
+        if c is not None and abs(row.median - c) <= margin:
+            notes.append(f"note: {row.cell} on {row.task} ({row.median:.1f}) is at chance level ({c:.0f}% for a "
+                         f"uniform guess): it has not learned the task at this budget")
+    return notes
 
 
 class PrintTable(Callback):

@@ -207,7 +207,7 @@ def zero_shot(cfg, model, tok, splits, device, config: dict, protocol: str) -> d
               "metrics": metrics, "dev": {}, "params": {"trainable": 0, "total": total},
               "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
               "curve": {"train": [], "dev": []}, "split_sizes": {k: len(v) for k, v in splits.items()},
-              "protocol": protocol}
+              "protocol": protocol, "chance": task.chance}
     R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], preds))
     R.write_json(path, record)
     return record
@@ -425,7 +425,7 @@ def _run(cfg, config: dict, path: str) -> dict:
         "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total},
         "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
         "curve": {"train": _log_curve(history), "dev": best.dev_curve},
-        "split_sizes": sizes, "protocol": task.protocol,
+        "split_sizes": sizes, "protocol": task.protocol, "chance": task.chance,
         "steps": trainer.state.global_step, "effective_batch_size": batch,
     }
     R.validate_record(record)

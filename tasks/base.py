@@ -71,6 +71,11 @@ class Task:
     small_threshold = 10_000  # Appendix C: below this many training rows, halve validation
     protocol: str = "paper"  # which split rule made `splits()` (tasks/common.py PAPER / CARVED); stored in records
 
+    @property
+    def chance(self) -> float | None:
+        """The main metric of a uniform guess among the answer choices (percent), None when there are none."""
+        return 100.0 / len(self.labels) if self.labels else None
+
     def __init__(self, cfg):
         self.cfg = cfg
         if cfg.template not in TEMPLATES:

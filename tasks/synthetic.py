@@ -31,6 +31,7 @@ class SynthCompareConfig(TaskConfig):
 
 @register_task("synth-compare", SynthCompareConfig)
 class SynthCompare(Task):
+    chance = 50.0  # two numbers to choose from
     def load_raw(self, data_dir):
         rng = random.Random(self.cfg.split_seed)
         seen: set[tuple[int, int]] = set()

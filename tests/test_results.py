@@ -89,3 +89,15 @@ def test_median_aggregation_on_hand_made_files(tmp_path, capsys):
 def test_aggregate_rejects_bad_argument():
     with pytest.raises(SystemExit, match="valid: results_dir"):
         aggregate_main(["reslts_dir=x"])
+
+
+def test_a_cell_at_chance_level_is_said_so():
+    from runners.aggregate import summarize
+    from runners.summary import chance_notes
+
+    recs = [{"backbone": "b", "task": "synth-compare", "cell": cell, "seed": s, "metrics": {"acc": acc},
+             "params": {"trainable": 1}, "chance": 50.0}
+            for cell, accs in (("iapt", (48.0, 51.0, 49.0)), ("lora", (85.0, 80.0, 78.0))) for s, acc in enumerate(accs)]
+    notes = chance_notes(summarize(recs), recs)
+    assert notes == ["note: iapt on synth-compare (49.0) is at chance level (50% for a uniform guess): it has not "
+                     "learned the task at this budget"]
