@@ -317,7 +317,7 @@ def test_zero_up_ones_bias_outputs_exactly_ones(pooler):
 def test_generator_init_errors():
     with pytest.raises(AssertionError, match="up_bias=True"):
         build_generator(D, 4, 10, init="zero_up_ones_bias", up_bias=False)
-    with pytest.raises(ValueError, match="valid options: default, zero_up, zero_up_ones_bias"):
+    with pytest.raises(ValueError, match="valid options: default, zero_up, small_normal, zero_up_ones_bias"):
         init_generator_(nn.Linear(D, 4), nn.Linear(4, 10), "zeros")
     with pytest.raises(AssertionError, match="pooler gives 3 vectors"):
         Generator(nn.Linear(D, 4), AttentionPooler(4, 3), nn.ReLU(), nn.Linear(4, 8), n_tokens=2)
