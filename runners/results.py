@@ -55,7 +55,8 @@ def result_path(cfg, cell: str | None = None) -> str:
 
 
 # keys added after records existed, with the value every older record was computed with
-ADDED_LATER = {"runner.scoring": "generate"}
+# ("group.key", or "group.key@name" for a key of one method or task only)
+ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False}
 
 
 def comparable(config: dict, drop_method: bool = False) -> dict:
@@ -67,8 +68,9 @@ def comparable(config: dict, drop_method: bool = False) -> dict:
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if f"{group}.{k}" not in NOT_COMPARED}
             for key, old in ADDED_LATER.items():
-                g, _, k = key.partition(".")
-                if g == group:
+                path, _, only = key.partition("@")
+                g, _, k = path.partition(".")
+                if g == group and (not only or value.get("name") == only):
                     value.setdefault(k, old)
         out[group] = value
     return out

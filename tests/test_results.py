@@ -101,3 +101,16 @@ def test_a_cell_at_chance_level_is_said_so():
     notes = chance_notes(summarize(recs), recs)
     assert notes == ["note: iapt on synth-compare (49.0) is at chance level (50% for a uniform guess): it has not "
                      "learned the task at this budget"]
+
+
+def test_keys_added_later_compare_equal_to_their_old_value():
+    from runners.results import comparable, diff_keys
+
+    old = {"runner": {"lr": 1e-3}, "method": {"name": "iapt", "init": "default"}}
+    new = {"runner": {"lr": 1e-3, "scoring": "generate"},
+           "method": {"name": "iapt", "init": "default", "init_std": 1e-3, "pool_skip_first": False}}
+    assert diff_keys(comparable(old), comparable(new)) == []
+    changed = {"runner": {"lr": 1e-3, "scoring": "likelihood"}, "method": dict(new["method"], pool_skip_first=True)}
+    assert len(diff_keys(comparable(old), comparable(changed))) == 2
+    lora = {"method": {"name": "lora", "r": 4}}
+    assert "init_std" not in comparable(lora)["method"], "method keys of one method only"
