@@ -10,12 +10,15 @@ MT-Bench questions; MMLU (para.txt Table 3), zero-shot after UltraChat training.
 
 MT-Bench comes from the FastChat files (question.jsonl, model_answer/gpt-4.jsonl,
 reference_answer/gpt-4.jsonl): `task.mt_bench_dir=` for a local copy, else the `lmsys/mt-bench` Space on
-the hub. Scoring: ROUGE-L against GPT-4's answers where present (iapt.txt C.7), plus the Appendix E
-GPT-4 review when an OpenAI-compatible endpoint is configured (HARNESS_JUDGE_URL or task.judge_url);
-otherwise the judge is skipped with a message.
+the hub. Scoring: ROUGE-L against GPT-4's answers where present (iapt.txt C.7), plus the GPT-4 judge
+when an OpenAI-compatible endpoint is configured (HARNESS_JUDGE_URL or task.judge_url); otherwise the
+judge is skipped with a message. `task.judge_protocol=appendix-e` (default: the pairwise Appendix E review
+that iapt.txt Table 3 reports) or `single` (FastChat's single-answer `[[rating]]` grading); the client,
+retries, key handling and the protocol decision are in tasks/judge.py.
 
     python run.py task=alpaca task.mt_bench_dir=../shared/data/mt_bench
     HARNESS_JUDGE_URL=https://api.openai.com/v1 OPENAI_API_KEY=... python -m runners.score task=alpaca predictions=p.jsonl
+    ... python -m runners.score task=alpaca task.judge_protocol=single task.mt_bench_dir=../shared/data/mt_bench predictions=p.jsonl
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import logging
 import os
 import random
 import re
-import urllib.request
 from dataclasses import dataclass
 
+from tasks import judge as judge_lib
 from tasks.base import DataError, Example, MissingDataFile, TaskConfig, local_file
 from tasks.common import BenchTask, check_splits, load_hub, load_local, transfer_splits
 from tasks.metrics import rouge_l
@@ -106,14 +109,11 @@ def parse_judge_scores(review: str) -> tuple[float, float] | None:
     return (scores[0], scores[1]) if len(scores) == 2 and all(0 <= s <= 10 for s in scores) else None
 
 
-def call_judge(url: str, model: str, api_key: str | None, prompt: str, timeout: float = 300) -> str:
-    """One chat completion from an OpenAI-compatible endpoint (`url` is the API base or the full path)."""
-    endpoint = url if url.rstrip("/").endswith("/chat/completions") else url.rstrip("/") + "/chat/completions"
-    body = json.dumps({"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}]})
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-    req = urllib.request.Request(endpoint, data=body.encode(), headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.load(resp)["choices"][0]["message"]["content"]
+def call_judge(url: str, model: str, api_key: str | None, prompt: str, timeout: float = 300, *,
+               system: str | None = None) -> str:
+    """One chat completion (temperature 0, max_tokens 2048) from an OpenAI-compatible endpoint (`url` is the
+    API base or the full path); raises judge_lib.JudgeError, whose message never holds the key."""
+    return judge_lib.chat_completion(url, model, api_key, prompt, timeout, system=system)
 
 
 @dataclass
@@ -124,15 +124,27 @@ class MtBenchConfig(TaskConfig):
     # local FastChat MT-Bench folder (question.jsonl, reference_answer/gpt-4.jsonl);
     # null = hub Space lmsys/mt-bench
     mt_bench_dir: str | None = None
-    # API base (OpenAI-compatible) of the Appendix E GPT-4 judge; null = $HARNESS_JUDGE_URL, unset = no judge
+    # API base (OpenAI-compatible) of the GPT-4 judge; null = $HARNESS_JUDGE_URL, unset = no judge
     judge_url: str | None = None
     judge_model: str = "gpt-4"  # judge model name sent to the endpoint
-    judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the endpoint's key
-    judge_baseline: str | None = None  # jsonl (id, prediction) of the other assistant; null = GPT-4's answer
+    # environment variable holding the endpoint's key (sent as a Bearer token; never logged or recorded)
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    # appendix-e = iapt.txt Table 3's pairwise Appendix E review (two 0-10 scores per question) |
+    # single = FastChat's single-answer grading (single-v1 / single-math-v1, a 1-10 [[rating]])
+    judge_protocol: str = "appendix-e"
+    # appendix-e: jsonl (id, prediction) of the other assistant (the paper: the compared method); null = GPT-4's answer
+    judge_baseline: str | None = None
+    # single: FastChat judge_prompts.jsonl; null = <mt_bench_dir>/judge_prompts.jsonl (or the folder above it;
+    # the lmsys/mt-bench Space when mt_bench_dir is null)
+    judge_prompts: str | None = None
+    judge_timeout: float = 300.0  # seconds a judge request may wait for the endpoint before it is retried
+    # extra attempts after a timeout, connection error, HTTP 5xx/408/429 (other 4xx are not retried)
+    judge_retries: int = 5
+    judge_backoff: float = 2.0  # seconds before the first retry, doubling per retry (at most 60 s)
 
 
 class MtBenchScoring:
-    """score(): ROUGE-L on examples with a reference; the Appendix E judge on MT-Bench examples if configured."""
+    """score(): ROUGE-L on examples with a reference; the GPT-4 judge on MT-Bench examples if configured."""
 
     def score(self, predictions, examples):
         assert len(predictions) == len(examples), f"{len(predictions)} predictions vs {len(examples)} examples"
@@ -142,21 +154,55 @@ class MtBenchScoring:
         return out
 
     def judge(self, predictions, examples) -> dict[str, float]:
+        """`task.judge_protocol` on the MT-Bench examples: appendix-e (default) or single (tasks/judge.py)."""
         mt = [(p, e) for p, e in zip(predictions, examples) if e.id.startswith(MT_BENCH_PREFIX)]
         url = getattr(self.cfg, "judge_url", None) or os.environ.get("HARNESS_JUDGE_URL")
         if not mt:
             return {}
+        protocol = getattr(self.cfg, "judge_protocol", "appendix-e")
+        if protocol not in judge_lib.JUDGE_PROTOCOLS:
+            raise DataError(f"task.judge_protocol='{protocol}' is not one of {', '.join(judge_lib.JUDGE_PROTOCOLS)}")
         if not url:
             log.warning("MT-Bench GPT-4 judge skipped: set HARNESS_JUDGE_URL (an OpenAI-compatible endpoint) "
                         "or task.judge_url= to enable it; only ROUGE-L is reported")
             return {}
+        key = os.environ.get(self.cfg.judge_api_key_env) or None
+        cfg = self.cfg
+
+        def ask(prompt: str, system: str | None = None, what: str = "judge call") -> str:
+            extra = {"system": system} if system is not None else {}
+            return judge_lib.with_retries(
+                lambda: call_judge(url, cfg.judge_model, key, prompt, timeout=cfg.judge_timeout, **extra),
+                retries=cfg.judge_retries, backoff=cfg.judge_backoff, what=what, secret=key)
+
+        if protocol == "single":
+            return self.judge_single(mt, ask, key)
+        return self.judge_appendix_e(mt, ask, key)
+
+    def judge_single(self, mt, ask, key) -> dict[str, float]:
+        """FastChat single-answer grading of the first-turn answers (tasks/judge.py)."""
+        prompts = judge_lib.load_judge_prompts(judge_lib.find_judge_prompts(self.cfg.judge_prompts,
+                                                                            self.cfg.mt_bench_dir))
+        files = mt_bench_files(self.cfg.mt_bench_dir)
+        categories = {int(q["question_id"]): q.get("category", "")
+                      for q in judge_lib.read_jsonl(files["questions"])}
+        refs = judge_lib.reference_answers(files.get("gpt4_references"))
+        items = []
+        for pred, e in mt:
+            qid = int(e.id[len(MT_BENCH_PREFIX):])
+            items.append({"id": e.id, "question": e.query, "answer": pred, "category": categories.get(qid, ""),
+                          "reference": refs.get(qid)})
+        return judge_lib.grade_single(
+            items, prompts, lambda system, user, qid: ask(user, system, f"MT-Bench judge call for {qid}"), secret=key)
+
+    def judge_appendix_e(self, mt, ask, key) -> dict[str, float]:
+        """iapt.txt Appendix E: one review of (this run, other assistant) per question, two 0-10 scores."""
         baseline = {}
         if self.cfg.judge_baseline:
             if not os.path.exists(self.cfg.judge_baseline):
                 raise MissingDataFile(f"task.judge_baseline='{self.cfg.judge_baseline}' does not exist")
             with open(self.cfg.judge_baseline, encoding="utf-8") as f:
                 baseline = {str(r["id"]): r["prediction"] for r in map(json.loads, filter(str.strip, f))}
-        key = os.environ.get(self.cfg.judge_api_key_env)
         ours, theirs, failures = [], [], 0
         for pred, e in mt:
             other = baseline.get(e.id) if baseline else e.references[0]
@@ -164,15 +210,16 @@ class MtBenchScoring:
                 continue  # no second response to compare with
             prompt = JUDGE_PROMPT.format(query=e.query, response1=pred, response2=other)
             try:
-                scores = parse_judge_scores(call_judge(url, self.cfg.judge_model, key, prompt))
+                scores = parse_judge_scores(ask(prompt, what=f"MT-Bench judge call for {e.id}"))
             except Exception as err:  # network/endpoint problems must not lose a finished run
-                log.warning("judge call failed for %s: %s", e.id, err)
+                log.warning("judge call failed for %s: %s", e.id, judge_lib.redact(str(err), key))
                 scores = None
             if scores is None:
                 failures += 1
                 continue
             ours.append(scores[0])
             theirs.append(scores[1])
+        log.info("MT-Bench judge (appendix-e): %d questions reviewed, %d failures", len(ours), failures)
         if not ours:
             return {"judged": 0.0, "judge-failures": float(failures)}
         return {"gpt4-score": sum(ours) / len(ours), "gpt4-score-baseline": sum(theirs) / len(theirs),
