@@ -99,7 +99,26 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.md"), md)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.csv"), df.to_csv(index=False))
-    return md
+    where = log_wandb(cfg, experiment, df)
+    return md + (f"\nW&B table: {where}\n" if where else "")
+
+
+def log_wandb(cfg, experiment: str, df) -> str | None:
+    """The rendered table as a `wandb.Table` in a run of its own (job_type table) when the logger is on;
+    offline without an API key, as the runs are. Returns the run's folder."""
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        return None
+    import wandb
+
+    mode = cfg.logger.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    run = wandb.init(project=cfg.logger.project, name=experiment, job_type="table", mode=mode,
+                     dir=os.path.abspath(cfg.logger.dir), reinit="finish_previous")
+    run.log({experiment: wandb.Table(dataframe=df.astype(str))})
+    folder = os.path.dirname(run.dir)
+    run.finish()
+    return folder
 
 
 def main(argv: list[str]) -> None:

@@ -98,3 +98,18 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert "| houlsby | missing | missing |" in md
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
+
+
+def test_rendered_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
+    import glob
+
+    from runners.tables import TableSpec  # noqa: F401  (the renderer's table is what gets logged)
+    from scripts import table
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg, axes = table.grid("iapt_table1_cpu", [f"results_dir={tmp_path / 'runs'}", "logger=wandb",
+                                               "logger.mode=offline", f"logger.dir={tmp_path / 'wb'}"])
+    md = table.render_table("iapt_table1_cpu", cfg, table.plan(cfg, axes), str(tmp_path / "tables"))
+    assert "W&B table: " in md
+    assert glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb")), "an offline run with the table"
