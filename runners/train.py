@@ -65,6 +65,57 @@ def task_data_dir(cfg) -> str | None:
     return os.path.join(cfg.data_root, local)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: set by torchrun and the deepspeed launcher, else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def split_batch(batch: int, micro_batch_size: int, world_size: int = 1) -> tuple[int, int]:
+    """(rows per device per step, gradient accumulation steps) with rows x accumulation x world_size == batch,
+    so the Appendix F effective batch is the same on 1 process or N; micro_batch_size caps the rows per device."""
+    if batch % world_size:
+        raise UserError(f"runner.batch_size={batch} is not divisible by the {world_size} processes (WORLD_SIZE)")
+    per_device = batch // world_size
+    micro = min(micro_batch_size, per_device)
+    if per_device % micro:
+        raise UserError(f"runner.batch_size={batch} is not a multiple of runner.micro_batch_size={micro}"
+                        + (f" x {world_size} processes" if world_size > 1 else ""))
+    return micro, per_device // micro
+
+
+def gathered(params, modify: bool = False):
+    """DeepSpeed ZeRO-3 leaves each rank a slice of every parameter (p.data is empty outside forward): the full
+    tensors, to read them, or to write them (modify=True: rank 0's values are kept). A no-op otherwise. Collective
+    under ZeRO-3: every rank must enter it."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@contextlib.contextmanager
+def run_lock(path: str):
+    """R.run_lock, taken by rank 0 alone for all the processes of a torchrun/deepspeed launch. There a lock
+    held by another launch is an error (exit 2), not a skip: the launcher then stops the other ranks, which
+    would otherwise wait for rank 0 forever."""
+    rank, world_size = world()
+    with contextlib.ExitStack() as stack:
+        if rank == 0:
+            try:
+                stack.enter_context(R.run_lock(path))
+            except R.RunLocked as e:
+                if world_size == 1:
+                    raise
+                raise UserError(f"{e}; a {world_size}-process launch stops here") from None
+        yield
+
+
 def effective_batch(runner, n_train: int) -> int:
     """Appendix F: 16 for tasks with fewer than 10k training rows, 128 otherwise (unless set)."""
     if runner.batch_size:
@@ -95,7 +146,8 @@ class BestStateAndEarlyStop(TrainerCallback):
         log.info("step %d: dev loss %.4f", state.global_step, loss)
         if loss < self.best_loss:
             self.best_loss, self.best_step, self.bad = float(loss), state.global_step, 0
-            self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+            with gathered(trainable_parameters(self.model)):
+                self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
         else:
             self.bad += 1
             if self.bad >= self.patience:
@@ -113,7 +165,7 @@ class BestStateAndEarlyStop(TrainerCallback):
         if self.best_state is None:
             return
         params = dict(self.model.named_parameters())
-        with torch.no_grad():
+        with torch.no_grad(), gathered(trainable_parameters(self.model), modify=True):
             for n, v in self.best_state.items():
                 params[n].copy_(v)
 
@@ -160,7 +212,7 @@ def _log_curve(log_history: list[dict]) -> list[dict]:
 
 def _wandb_start(cfg, config: dict, cell: str) -> str:
     """Start a W&B run (offline without an API key); returns the Trainer `report_to` value."""
-    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled" or world()[0] != 0:  # one W&B run per launch
         return "none"
     import wandb
 
@@ -229,7 +281,9 @@ class HarnessTrainer(Trainer):
     `_save` would write the whole backbone (540 MB for SmolLM2) at every evaluation."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        save_peft(self.model, os.path.join(output_dir or self.args.output_dir, "peft.safetensors"))
+        with gathered(trainable_parameters(self.model)):  # under DeepSpeed every rank calls _save
+            if self.args.should_save:
+                save_peft(self.model, os.path.join(output_dir or self.args.output_dir, "peft.safetensors"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         load_peft(model if model is not None else self.model, os.path.join(resume_from_checkpoint, "peft.safetensors"))
@@ -290,7 +344,7 @@ def run(cfg) -> dict:
         return done
     validate_settings(cfg)
     R.check_cell(path, config)
-    with R.run_lock(path):
+    with run_lock(path):
         done = R.load_finished(path, config, force=cfg.force)  # finished by another process meanwhile?
         if done:
             done["skipped"] = True
@@ -336,6 +390,8 @@ def _run(cfg, config: dict, path: str) -> dict:
     if runner.num_threads:
         torch.set_num_threads(runner.num_threads)
     device = resolve_device(runner.device)
+    if device == "cuda" and world()[1] > 1 and torch.cuda.device_count() > 1:  # torchrun/deepspeed: this rank's
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # GPU from the start, not every rank on GPU 0
     set_seed(cfg.seed)
 
     task = build_task(cfg.task)
@@ -346,6 +402,9 @@ def _run(cfg, config: dict, path: str) -> dict:
     eval_only = runner.zero_shot and not splits["train"]  # e.g. MMLU evaluated without training data
     if not splits["test"] or (not eval_only and (not splits["train"] or not splits["dev"])):
         raise UserError(f"task '{cfg.task.name}' gave empty splits: {sizes}")
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # an earlier cell's ZeRO-3 config (a global) would partition the backbone as it is built
     model, tok = load_backbone(cfg.backbone, cache_dir=runner.cache_dir, dtype=runner.dtype)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -367,9 +426,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     train_rows = encode_train(splits["train"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} train")
     dev_rows = encode_train(splits["dev"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} dev")
     batch = effective_batch(runner, n_train_full)
-    micro = min(runner.micro_batch_size, batch)
-    if batch % micro:
-        raise UserError(f"runner.batch_size={batch} is not a multiple of runner.micro_batch_size={micro}")
+    micro, accumulation = split_batch(batch, runner.micro_batch_size, world()[1])
     steps_per_epoch = math.ceil(len(train_rows) / batch)
     total_steps = runner.max_steps if runner.max_steps > 0 else math.ceil(steps_per_epoch * runner.max_epochs)
     report_to = _wandb_start(cfg, config, cell)
@@ -379,7 +436,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     with out as out_dir:
         resume_from = C.prepare(out_dir, config, force=cfg.force) if runner.resume else None
         args = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
+            output_dir=out_dir, per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
             per_device_eval_batch_size=runner.eval_batch_size, learning_rate=runner.lr,
             num_train_epochs=runner.max_epochs, max_steps=runner.max_steps,
             lr_scheduler_type=runner.scheduler, warmup_steps=math.ceil(runner.warmup_ratio * total_steps),
@@ -391,6 +448,9 @@ def _run(cfg, config: dict, path: str) -> dict:
             bf16=runner.dtype == "bfloat16", fp16=runner.dtype == "float16",
             deepspeed=runner.deepspeed, activation_checkpointing=runner.gradient_checkpointing,
             disable_tqdm=not show_progress(runner),
+            # step-0 dev loss (the start of the curve) inside train(), after the model is wrapped: a
+            # trainer.evaluate() before train() marks it prepared, so Accelerate would skip DDP (no gradient sync)
+            eval_on_start=not resume_from,
         )
         collator = TrainCollator(tok.pad_token_id)
         optimizer, method_callbacks = training_setup(built, runner, dev_rows, collator, batch_size=micro,
@@ -401,8 +461,6 @@ def _run(cfg, config: dict, path: str) -> dict:
         if resume_from:  # Trainer restores weights, optimizer, scheduler, RNG and data order; we the callbacks
             C.load_callbacks(resume_from, trainer.callback_handler.callbacks)
             log.info("resuming from %s", resume_from)
-        else:
-            trainer.evaluate()  # step-0 dev loss: the start of the curve
         trainer.train(resume_from_checkpoint=resume_from)
         if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
@@ -432,13 +490,14 @@ def _run(cfg, config: dict, path: str) -> dict:
     wandb_dir = _wandb_finish(record) if report_to == "wandb" else None
     if wandb_dir:
         record["wandb_dir"] = wandb_dir
-    if is_main:
-        if runner.save_peft:  # the best dev state, loadable onto a fresh backbone with pefts.io.load_peft
+    with gathered(trainable_parameters(model)):  # every rank enters it; rank 0 writes
+        if is_main and runner.save_peft:  # the best dev state, loadable onto a fresh backbone with pefts.io.load_peft
             save_peft(model, path.replace(".json", ".peft.safetensors"))
             record["peft_weights"] = os.path.basename(path.replace(".json", ".peft.safetensors"))
+    if is_main:
         R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
         R.write_json(path, record)
-    if runner.resume:
+    if runner.resume and is_main:
         C.remove(C.ckpt_root(path))  # the record is written: its checkpoints are no longer needed
     log.info("wrote %s (%s, %.0f s)", path, metrics, record["wall_time_s"])
     return record

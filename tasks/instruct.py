@@ -38,7 +38,7 @@ from tasks.registry import register_task
 
 log = logging.getLogger(__name__)
 
-MT_BENCH_SPACE = "lmsys/mt-bench"  # FastChat's files live in this hub Space under data/mt_bench/
+MT_BENCH_SPACE = judge_lib.MT_BENCH_SPACE
 MT_BENCH_FILES = {  # key -> path relative to an MT-Bench folder; answers earlier in the list win
     "questions": "question.jsonl",
     "gpt4_answers": "model_answer/gpt-4.jsonl",

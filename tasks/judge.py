@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterable
 
 from tasks.base import DataError, MissingDataFile
 
+MT_BENCH_SPACE = "lmsys/mt-bench"  # FastChat's files live in this hub Space under data/mt_bench/
+
 log = logging.getLogger(__name__)
 
 JUDGE_PROTOCOLS = ("appendix-e", "single")
@@ -184,8 +186,6 @@ def find_judge_prompts(judge_prompts: str | None, mt_bench_dir: str | None) -> s
                               "above it; set task.judge_prompts=<path> (../shared/data/mt_bench has one)")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
-
-    from tasks.instruct import MT_BENCH_SPACE
 
     for name in (f"data/{JUDGE_PROMPTS_FILE}", f"data/mt_bench/{JUDGE_PROMPTS_FILE}"):
         try:
