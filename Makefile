@@ -40,17 +40,20 @@ runs: $(STAMP)  ## aggregate every finished run into results/tables/runs.{md,csv
 # SCALE=cpu picks the experiment's *_cpu version (SmolLM2-135M, local data, a CPU budget).
 SCALE   ?=
 SUFFIX  := $(if $(filter cpu,$(SCALE)),_cpu,)
+LAUNCHER ?=
+# LAUNCHER=slurm sends the missing cells to the cluster (conf/hydra/launcher/slurm.yaml, docs/cluster.md)
+TABLE_ARGS := $(if $(LAUNCHER),launcher=$(LAUNCHER),)
 
 table1: $(STAMP)  ## IAPT Table 1 (make table1 SCALE=cpu: at this machine's scale)
-	$(BIN)/python -m scripts.table experiment=iapt_table1$(SUFFIX)
+	$(BIN)/python -m scripts.table experiment=iapt_table1$(SUFFIX) $(TABLE_ARGS)
 
 table: $(STAMP)  ## any paper table: make table PAPER=parade N=1 [SCALE=cpu]
-	$(BIN)/python -m scripts.table experiment=$(PAPER)_table$(N)$(SUFFIX)
+	$(BIN)/python -m scripts.table experiment=$(PAPER)_table$(N)$(SUFFIX) $(TABLE_ARGS)
 
 tables: $(STAMP)  ## every paper table of the scale that has an experiment config
 	for f in conf/experiment/*_table*.yaml; do e=$$(basename $$f .yaml); \
 	  case "$$e" in *_cpu) [ "$(SUFFIX)" = _cpu ] || continue;; *) [ -z "$(SUFFIX)" ] || continue;; esac; \
-	  $(BIN)/python -m scripts.table experiment=$$e || exit $$?; done
+	  $(BIN)/python -m scripts.table experiment=$$e $(TABLE_ARGS) || exit $$?; done
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

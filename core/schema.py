@@ -61,7 +61,9 @@ class RunnerConfig:
     max_dev_examples: int | None = None  # cap on dev rows
     max_test_examples: int | None = None  # cap on test rows
     device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16 | float16 (backbone weights; PEFT weights stay float32)
+    # auto (bfloat16 on Ampere+ GPUs, float32 on CPU; resolved before recording) | float32 | bfloat16 | float16
+    # (backbone weights; PEFT weights stay float32)
+    dtype: str = "auto"
     # path to a DeepSpeed JSON config (e.g. conf/deepspeed/z2.json); needs the `deepspeed` extra
     deepspeed: str | None = None
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences

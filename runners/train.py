@@ -47,6 +47,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def resolve_dtype(name: str, device_name: str) -> str:
+    """runner.dtype=auto: bfloat16 on a CUDA device that supports it (Ampere and newer), float32 otherwise
+    (CPUs, older GPUs). Resolved before the config is recorded, so a record names the dtype it ran with."""
+    if name != "auto":
+        return name
+    cuda = resolve_device(device_name) == "cuda"
+    return "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+
+
 def show_progress(runner) -> bool:
     """Progress bars: runner.progress=on/off, or auto: on a terminal, off in CI and in logs."""
     if runner.progress != "auto":
@@ -319,8 +328,8 @@ def validate_settings(cfg) -> None:
     if r.max_seq_len <= t.max_new_tokens + 8:
         raise UserError(f"runner.max_seq_len={r.max_seq_len} leaves no room for a prompt before "
                         f"task.max_new_tokens={t.max_new_tokens} new tokens")
-    if r.dtype not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"runner.dtype='{r.dtype}' is not one of float32, bfloat16, float16")
+    if r.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"runner.dtype='{r.dtype}' is not one of auto, float32, bfloat16, float16")
     for key, value in (("max_train_examples", r.max_train_examples), ("max_dev_examples", r.max_dev_examples),
                        ("max_test_examples", r.max_test_examples)):
         if value is not None and value < 1:
@@ -335,6 +344,8 @@ def validate_settings(cfg) -> None:
 def run(cfg) -> dict:
     """Run one (backbone, method, task, seed) cell, or return its finished record. One process trains
     a run at a time (a lock file); a run that raises leaves a failed record beside its result path."""
+    if cfg.runner.dtype == "auto":
+        cfg.runner.dtype = resolve_dtype("auto", cfg.runner.device)
     config = R.to_container(cfg)
     path = R.result_path(cfg)
     done = R.load_finished(path, config, force=cfg.force)

@@ -3,6 +3,7 @@
     python -m scripts.table experiment=iapt_table1_cpu              # plan, run what is missing, render
     python -m scripts.table experiment=iapt_table1 run=false        # plan and render only
     python -m scripts.table experiment=iapt_table1_cpu results_dir=/tmp/runs out=/tmp/tables
+    python -m scripts.table experiment=iapt_table1 launcher=slurm   # the missing cells as a Slurm job array
     make table1 [SCALE=cpu]   |   make table PAPER=iapt N=1   |   make tables [SCALE=cpu]
 
 The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
@@ -122,12 +123,13 @@ def log_wandb(cfg, experiment: str, df) -> str | None:
 
 
 def main(argv: list[str]) -> None:
-    opts = {"experiment": None, "run": "true", "out": os.path.join(ROOT, "results", "tables"), "results_dir": None}
+    opts = {"experiment": None, "run": "true", "out": os.path.join(ROOT, "results", "tables"), "results_dir": None,
+            "launcher": None}
     for a in argv:
         k, sep, v = a.partition("=")
         if not sep or k not in opts:
             raise UserError(f"unknown argument '{a}'; valid: experiment=<name>, run=true|false, out=<folder>, "
-                            "results_dir=<folder>")
+                            "results_dir=<folder>, launcher=<conf/hydra/launcher name, e.g. slurm>")
         opts[k] = v
     experiment = opts["experiment"]
     names = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "conf", "experiment")) if NAME.match(f[:-5]))
@@ -141,7 +143,8 @@ def main(argv: list[str]) -> None:
     print(describe(experiment, p), flush=True)
     if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
         res = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--multirun", f"experiment={experiment}",
-                              "print_table=false", *extra], cwd=ROOT)
+                              "print_table=false", *extra,
+                              *([f"hydra/launcher={opts['launcher']}"] if opts["launcher"] else [])], cwd=ROOT)
         if res.returncode:
             print(f"error: the grid stopped (exit {res.returncode}); the table shows what is finished",
                   file=sys.stderr)

@@ -113,3 +113,16 @@ def test_rendered_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     md = table.render_table("iapt_table1_cpu", cfg, table.plan(cfg, axes), str(tmp_path / "tables"))
     assert "W&B table: " in md
     assert glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb")), "an offline run with the table"
+
+
+def test_table_sends_missing_cells_through_the_chosen_launcher(tmp_path, monkeypatch):
+    import subprocess
+
+    from scripts import table
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    with pytest.raises(SystemExit):  # nothing finished: the table is incomplete
+        table.main(["experiment=iapt_table1_cpu", f"out={tmp_path}", f"results_dir={tmp_path / 'runs'}",
+                    "launcher=slurm"])
+    assert calls and calls[0][2:4] == ["--multirun", "experiment=iapt_table1_cpu"] and calls[0][-1] == "hydra/launcher=slurm"

@@ -185,3 +185,19 @@ def test_likelihood_scoring_needs_a_label_set(tmp_results):
     with pytest.raises(UserError, match="runner.scoring=likelihood needs a classification task with a label set; "
                                         "task 'synth-compare' has none"):
         run_cfg("method=lora", "task=synth-compare", "runner.scoring=likelihood")
+
+
+def test_dtype_auto_is_float32_on_cpu_and_recorded_resolved(tmp_results, monkeypatch):
+    import torch
+
+    from runners.train import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_dtype("auto", "auto") == "bfloat16", "Ampere+ GPUs train in bf16 by default"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_dtype("auto", "auto") == "float32"
+    monkeypatch.undo()
+    rec = run_cfg("method=lora", "task=synth-compare")
+    assert rec["config"]["runner"]["dtype"] == "float32", "the record names the dtype it ran with"
