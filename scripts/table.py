@@ -57,25 +57,23 @@ def plan(cfg, axes: dict[str, list[str]]) -> dict:
     runs = []
     for (cell, task, seed) in itertools.product(cells, axes["task"], axes["seed"]):
         path = os.path.join(cfg.results_dir, cfg.backbone.name, task, cell, f"seed{seed}.json")
-        state = "to run"
+        state, wall = "to run", None
         if os.path.exists(path):
             try:
-                state = "done" if R.read_record(path).get("status") == "ok" else "failed"
+                rec = R.read_record(path)
+                state, wall = ("done", rec.get("wall_time_s")) if rec.get("status") == "ok" else ("failed", None)
             except R.CorruptRecord:
                 state = "corrupt"
         elif os.path.exists(R.failed_path(path)):
             state = "failed"
-        runs.append({"cell": cell, "task": task, "seed": int(seed), "path": path, "state": state})
+        runs.append({"cell": cell, "task": task, "seed": int(seed), "path": path, "state": state, "wall": wall})
     return {"runs": runs, "cells": cells, "tasks": axes["task"]}
 
 
 def describe(experiment: str, p: dict) -> str:
-    from runners import results as R
-
     runs = p["runs"]
     count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
-    walls = [R.read_record(r["path"]).get("wall_time_s") for r in runs if r["state"] == "done"]
-    walls = [w for w in walls if w]
+    walls = [r["wall"] for r in runs if r["wall"]]  # read once, by plan()
     left = count["to run"] + count["failed"] + count["corrupt"]
     est = (f"about {left * statistics.median(walls) / 3600:.1f} h left at the median wall time of the finished "
            f"runs ({statistics.median(walls) / 60:.0f} min)") if walls and left else (
