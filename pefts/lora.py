@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pefts.blocks.arch import peft_task_type
 from pefts.registry import Budget, MethodConfig, register_method
 
 
@@ -34,7 +35,7 @@ def build(model, cfg: LoraConfig):
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
+        task_type=peft_task_type(model),
     )
     return peft.get_peft_model(model, config)
 

@@ -3,6 +3,7 @@ weightless `meta`-device builds from the architecture numbers in conf/backbone/*
 
     from runners.backbones import load_backbone, build_meta
     model, tok = load_backbone(cfg.backbone, cache_dir="~/.cache/peft-harness")
+    encoder, tok = load_backbone(roberta_cfg, num_labels=2)   # encoders: *ForSequenceClassification
     meta_model = build_meta(cfg.backbone)       # no weights: for parameter counts
 """
 
@@ -56,9 +57,10 @@ def build_meta(b):
         return AutoModelForCausalLM.from_config(config)
 
 
-def byte_tokenizer():
-    """A byte-level tokenizer built in code (no files) for the `tiny` backbone: 256 bytes + 3 specials."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def byte_tokenizer(encoder: bool = False):
+    """A byte-level tokenizer built in code (no files) for the `tiny` backbones: 256 bytes + 3 specials.
+    `encoder=True` adds RoBERTa's framing, `<s> a </s>` and `<s> a </s></s> b </s>` for pairs."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
@@ -68,6 +70,10 @@ def byte_tokenizer():
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tk.decoder = decoders.ByteLevel()
+    if encoder:
+        specials = [("<s>", vocab["<s>"]), ("</s>", vocab["</s>"])]
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
     tok.chat_template = (
         "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
@@ -121,37 +127,49 @@ def _load_gguf_cached(b, cache_dir: str, dtype):
     return model, tok
 
 
-def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "float32"):
-    """(model, tokenizer) for a backbone config. Tokenizers get a pad token and left padding."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "float32",
+                  num_labels: int | None = None):
+    """(model, tokenizer) for a backbone config. Decoders: a causal LM, the tokenizer padding on the left.
+    Encoders: a *ForSequenceClassification model with a new `num_labels`-way head (the ID-SPAM setting)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from pefts.blocks.arch import is_encoder
 
+    encoder = is_encoder(b.architecture)
+    if encoder and not num_labels:
+        raise UserError(f"backbone '{b.name}' is an encoder: it trains a classification head, so it needs a "
+                        "classification task (one with a label set, e.g. task=rte or task=sst2)")
     torch_dtype = getattr(torch, dtype)
     if b.source == "tiny":
-        tok = byte_tokenizer()
+        tok = byte_tokenizer(encoder=encoder)
         config = hf_config(b)
         config.vocab_size = len(tok)
         config.bos_token_id, config.eos_token_id, config.pad_token_id = (
             tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        if encoder:  # RoBERTa counts positions from pad id + 1: room for 512 tokens after the byte pad id
+            config.max_position_embeddings = tok.pad_token_id + 514
+            config.num_labels = num_labels
+            model = AutoModelForSequenceClassification.from_config(config, dtype=torch_dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     elif b.source == "gguf":
+        if encoder:
+            raise UserError(f"backbone '{b.name}': source=gguf holds decoders only; encoders come from the hub")
         model, tok = _load_gguf_cached(b, cache_dir, torch_dtype)
     elif b.source == "hub":
-        if is_encoder(b.architecture):
-            raise NotImplementedError(
-                f"backbone '{b.name}' is an encoder: training encoders needs a classification head "
-                "(the ID-SPAM setting), which the runner does not support yet; it can be built on "
-                "the meta device for parameter counts (python -m scripts.params)")
         from core.hub import go_offline, hub_reachable
 
-        if not hub_reachable():  # the cache only, at once, instead of ~90 s of retries
+        if not os.path.isdir(b.hub_id or "") and not hub_reachable():  # the cache only, at once, not ~90 s of retries
             go_offline()
         try:
             tok = AutoTokenizer.from_pretrained(b.hub_id)
-            model = AutoModelForCausalLM.from_pretrained(b.hub_id, dtype=torch_dtype)
+            if encoder:
+                model = AutoModelForSequenceClassification.from_pretrained(b.hub_id, dtype=torch_dtype,
+                                                                           num_labels=num_labels)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(b.hub_id, dtype=torch_dtype)
         except OSError:
-            if hub_reachable():
+            if os.path.isdir(b.hub_id or "") or hub_reachable():
                 raise
             raise UserError(f"backbone '{b.name}' ({b.hub_id}) is not in the local Hugging Face cache and the hub "
                             "cannot be reached from here; cache it on a networked machine with `python -m "
@@ -160,6 +178,10 @@ def load_backbone(b, cache_dir: str = "~/.cache/peft-harness", dtype: str = "flo
         raise ValueError(f"backbone.source='{b.source}' is not one of tiny, gguf, hub")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if encoder:
+        tok.padding_side = "right"  # BERT-style; the soft-prompt layouts handle either side
+        model.config.pad_token_id = tok.pad_token_id
+        return model, tok
     tok.padding_side = "left"
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tok.pad_token_id

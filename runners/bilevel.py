@@ -88,22 +88,29 @@ class BilevelCallback(TrainerCallback):
         self.model.train(was_training)
 
 
-def make_optimizer(model, runner, groups: list[ParamGroup] | None = None, exclude=()):
-    """AdamW over the method's parameter groups (or every trainable parameter), minus `exclude` (the
-    bi-level Θ); a group's lr / weight decay default to runner.lr / runner.weight_decay."""
+def make_optimizer(model, runner, groups: list[ParamGroup] | None = None, exclude=(), extra=()):
+    """AdamW (betas and epsilon from the runner) over the method's parameter groups (or every trainable
+    parameter), minus `exclude` (the bi-level Θ), plus `extra` (an encoder's classification head) as a group
+    of its own; a group's lr / weight decay default to runner.lr / runner.weight_decay."""
     skip = {id(p) for p in exclude}
     if groups is None:
         groups = [ParamGroup([p for p in model.parameters() if p.requires_grad])]
+    else:
+        covered = {id(p) for g in groups for p in g.params}
+        extra = [p for p in extra if id(p) not in covered]
+        groups = [*groups, ParamGroup(list(extra))] if extra else groups
     torch_groups = []
     for g in groups:
         params = [p for p in g.params if id(p) not in skip]
         if params:
             torch_groups.append({"params": params, "lr": runner.lr if g.lr is None else g.lr,
                                  "weight_decay": runner.weight_decay if g.weight_decay is None else g.weight_decay})
-    return torch.optim.AdamW(torch_groups, lr=runner.lr)
+    return torch.optim.AdamW(torch_groups, lr=runner.lr, betas=(runner.adam_beta1, runner.adam_beta2),
+                             eps=runner.adam_epsilon)
 
 
-def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: int, seed: int, device: str):
+def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: int, seed: int, device: str,
+                   extra=()):
     """(optimizer, callbacks) for a method: the bi-level dev steps first (so a method callback at the same
     step, such as SSP's pruning, sees the step's Θ update), then the method's own callbacks."""
     theta = [p for p in build.bilevel.params if p.requires_grad] if build.bilevel is not None else []
@@ -113,4 +120,4 @@ def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: i
                                          batch_size=batch_size, seed=seed, device=device,
                                          until=build.bilevel.until))
     callbacks += list(build.callbacks)
-    return make_optimizer(build.model, runner, build.param_groups, exclude=theta), callbacks
+    return make_optimizer(build.model, runner, build.param_groups, exclude=theta, extra=extra), callbacks

@@ -3,6 +3,8 @@
     rows = encode_train(examples, tok, template="llama2", max_seq_len=2048)
     batch = TrainCollator(tok.pad_token_id)(rows)        # right-padded, labels -100 on prompt/pad
     for ids, mask, chunk in prompt_batches(examples, tok, "llama2", 2048, batch_size=16): ...
+    rows = encode_classification(examples, tok, labels=["entailment", "not entailment"], max_seq_len=256)
+    batch = ClassCollator(tok.pad_token_id)(rows)         # encoders: class-id labels [B]
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tasks.base import Example, format_example
+from tasks.base import DataError, Example, format_example
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,14 @@ def encode_train(examples: list[Example], tok, template: str, max_seq_len: int, 
     return rows
 
 
+def right_pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    """[B, longest] tensor of `seqs`, filled on the right with `value`."""
+    out = torch.full((len(seqs), max(len(s) for s in seqs)), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
 @dataclass
 class TrainCollator:
     """Right-pads `input_ids`/`labels` into tensors with an attention mask."""
@@ -51,16 +61,9 @@ class TrainCollator:
     pad_token_id: int
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            labels[i, :n] = torch.tensor(r["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        ids = [r["input_ids"] for r in rows]
+        return {"input_ids": right_pad(ids, self.pad_token_id), "attention_mask": right_pad([[1] * len(i) for i in ids], 0),
+                "labels": right_pad([r["labels"] for r in rows], -100)}
 
 
 def left_pad(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,3 +94,37 @@ def prompt_batches(examples: list[Example], tok, template: str, max_prompt_len: 
         idx = order[start : start + batch_size]
         ids, mask = left_pad([prompts[i] for i in idx], tok.pad_token_id)
         yield ids, mask, idx
+
+
+def encode_classification(examples: list[Example], tok, labels: list[str], max_seq_len: int, what: str = "",
+                          task: str = "") -> list[dict]:
+    """Encoder rows: the example's raw segments (`Example.text`, one sentence or a pair) through the
+    tokenizer's own framing (RoBERTa: <s> a </s></s> b </s>), truncated longest-first to `max_seq_len`
+    (counted in one warning), with the class id of its label in `labels` order (the head's classes)."""
+    if examples and not examples[0].text:
+        raise DataError(f"task '{task}' gives no encoder input (Example.text): encoder backbones train on the GLUE "
+                        "tasks, IMDB, BoolQ, CB and MultiRC; use a decoder backbone for this task")
+    rows, cut = [], 0
+    for ex in examples:
+        if ex.label not in labels:
+            raise DataError(f"{what or task}: example {ex.id} has label {ex.label!r}, not one of {labels}")
+        full = tok(*ex.text, truncation=False)["input_ids"]
+        ids = full if len(full) <= max_seq_len else tok(*ex.text, truncation=True, max_length=max_seq_len)["input_ids"]
+        cut += len(full) > max_seq_len
+        rows.append({"input_ids": ids, "labels": labels.index(ex.label)})
+    if cut:
+        log.warning("%s%d of %d examples longer than max_seq_len=%d tokens were truncated (longest segment first)",
+                    f"{what}: " if what else "", cut, len(examples), max_seq_len)
+    return rows
+
+
+@dataclass
+class ClassCollator:
+    """Right-pads encoder rows into tensors; `labels` are class ids [B] (the head's cross-entropy)."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        ids = [r["input_ids"] for r in rows]
+        return {"input_ids": right_pad(ids, self.pad_token_id), "attention_mask": right_pad([[1] * len(i) for i in ids], 0),
+                "labels": torch.tensor([r["labels"] for r in rows], dtype=torch.long)}

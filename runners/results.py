@@ -56,7 +56,8 @@ def result_path(cfg, cell: str | None = None) -> str:
 
 # keys added after records existed, with the value every older record was computed with
 # ("group.key", or "group.key@name" for a key of one method or task only)
-ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False}
+ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False,
+               "runner.adam_beta1": 0.9, "runner.adam_beta2": 0.999, "runner.adam_epsilon": 1e-8}
 
 
 def comparable(config: dict, drop_method: bool = False) -> dict:

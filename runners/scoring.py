@@ -3,6 +3,7 @@ for every example, the label whose response tokens the model finds most likely g
 
     preds = predict_likelihood(model, tok, examples, labels=["negative", "positive"], template="chat",
                                max_seq_len=256, batch_size=16, device="cpu")
+    preds = predict_head(encoder, tok, examples, labels, max_seq_len=256, batch_size=16, device="cpu")
 
 Each candidate is scored as the sum of the log-probabilities of its response tokens *including the EOS
 that ends every training response* (tasks/base.py format_example), so "entailment" is scored as a whole
@@ -11,6 +12,9 @@ decoding) and meaningful for an untrained model that answers in sentences. The p
 word itself, scored by the task's own metric as a generated answer would be. Written by hand: neither
 transformers nor lm-evaluation-harness (not a dependency) scores through an arbitrary nn.Module such as
 the input-aware family's FamilyModel.
+
+Encoders (`runner.scoring=head`, the ID-SPAM setting) answer with their classification head: the label of
+the largest logit, again returned as the label word so the task's metric scores it unchanged.
 """
 
 from __future__ import annotations
@@ -21,9 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from core.errors import UserError
-from runners.data import TrainCollator, encode_train
+from runners.data import ClassCollator, TrainCollator, encode_classification, encode_train
 
-SCORINGS = ("generate", "likelihood")
+SCORINGS = ("generate", "likelihood", "head")  # head: encoders' classification head (their only one)
 
 
 def check_labels(task, examples, task_name: str) -> list[str]:
@@ -62,3 +66,22 @@ def predict_likelihood(model, tok, examples, labels: list[str], template: str, m
             i, j = owner[k]
             scores[i, j] = total
     return [labels[j] for j in scores.argmax(-1).tolist()]
+
+
+@torch.no_grad()
+def predict_head(model, tok, examples, labels: list[str], max_seq_len: int, batch_size: int, device: str,
+                 progress: bool = False, what: str = "", task: str = "") -> list[str]:
+    """An encoder's answers: the label word of the head's largest logit, in the order of `examples`."""
+    model.eval()
+    rows = encode_classification(examples, tok, labels, max_seq_len, what=what, task=task)
+    collate = ClassCollator(tok.pad_token_id)
+    out = [""] * len(rows)
+    order = sorted(range(len(rows)), key=lambda k: -len(rows[k]["input_ids"]))
+    for start in tqdm(range(0, len(order), batch_size), desc="classify", unit="batch", disable=not progress,
+                      leave=False):
+        idx = order[start:start + batch_size]
+        batch = collate([rows[k] for k in idx])
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        for k, j in zip(idx, logits.argmax(-1).tolist()):
+            out[k] = labels[j]
+    return out

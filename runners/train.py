@@ -5,7 +5,13 @@ warm-up, dev loss every `eval_steps`, early stopping after `patience` evaluation
 loss, the best dev state (of the trainable parameters only: no backbone checkpoints) restored for
 test predictions, generated through the LM head with beam search.
 
+Encoder backbones (RoBERTa, the ID-SPAM setting) train a new classification head with every method: the
+head is trainable beside the method's parameters (and saved with them), the rows are the raw sentence
+(pairs) with class-id labels, and test answers are the head's argmax (`runner.scoring=head`); conf/runner/
+idspam.yaml is ID-SPAM's own optimisation protocol.
+
     python run.py backbone=tiny method=lora task=rte runner=debug data_dir=../shared/data/glue/RTE
+    python run.py backbone=tiny-roberta method=idspam task=rte runner=idspam data_dir=../shared/data/glue/RTE
 """
 
 from __future__ import annotations
@@ -23,14 +29,15 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from core.errors import UserError
+from pefts.blocks.arch import arch_for, is_encoder
 from pefts.io import load_peft, save_peft
 from pefts.registry import build_peft
 from runners import checkpoint as C
 from runners import results as R
 from runners.backbones import load_backbone
 from runners.bilevel import training_setup
-from runners.data import TrainCollator, encode_train, prompt_batches
-from runners.scoring import SCORINGS, check_labels, predict_likelihood
+from runners.data import ClassCollator, TrainCollator, encode_classification, encode_train, prompt_batches
+from runners.scoring import SCORINGS, check_labels, predict_head, predict_likelihood
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -201,7 +208,11 @@ def predict(model, tok, examples, task_cfg, runner, device: str, split: str = "t
 
 
 def predictions(model, tok, task, examples, task_cfg, runner, device: str, split: str = "test") -> list[str]:
-    """Test (or dev) answers by `runner.scoring`: generated (the papers' protocol), or the most likely label."""
+    """Test (or dev) answers by `runner.scoring`: generated (the papers' protocol), the most likely label, or
+    an encoder's classification head."""
+    if runner.scoring == "head":
+        return predict_head(model, tok, examples, list(task.labels), runner.max_seq_len, runner.eval_batch_size,
+                            device, progress=show_progress(runner), what=f"{task_cfg.name} {split}", task=task_cfg.name)
     if runner.scoring == "likelihood":
         labels = check_labels(task, examples, task_cfg.name)
         return predict_likelihood(model, tok, examples, labels, task_cfg.template, runner.max_seq_len,
@@ -213,6 +224,49 @@ def predictions(model, tok, task, examples, task_cfg, runner, device: str, split
 def prediction_rows(examples, predictions) -> list[dict]:
     return [{"id": e.id, "prompt": e.query, "prediction": p, "reference": e.references}
             for e, p in zip(examples, predictions)]
+
+
+def resolve_scoring(cfg) -> str:
+    """runner.scoring for this backbone: an encoder answers with its head (`generate` resolves to `head`);
+    a decoder has no head. Resolved before the config is recorded."""
+    scoring, encoder = cfg.runner.scoring, is_encoder(cfg.backbone.architecture)
+    if encoder and scoring == "generate":
+        return "head"
+    if encoder and scoring != "head":
+        raise UserError(f"runner.scoring={scoring}: backbone '{cfg.backbone.name}' is an encoder and answers with "
+                        "its classification head (runner.scoring=head)")
+    if not encoder and scoring == "head":
+        raise UserError(f"runner.scoring=head needs an encoder backbone (roberta-base, roberta-large, tiny-roberta); "
+                        f"'{cfg.backbone.name}' is a decoder: use generate or likelihood")
+    return scoring
+
+
+def head_labels(task, cfg) -> list[str]:
+    """An encoder's classes: the task's label words in hub class-id order; one line for tasks without them."""
+    labels = list(getattr(task, "labels", None) or [])
+    if not labels:
+        raise UserError(f"backbone '{cfg.backbone.name}' is an encoder and trains a classification head; task "
+                        f"'{cfg.task.name}' has no label set (encoders train on the GLUE tasks, IMDB, BoolQ, CB, MultiRC)")
+    return labels
+
+
+def head_parameters(model, architecture: str) -> list[torch.nn.Parameter]:
+    """The parameters of an encoder's classification head (`Arch.head`), wherever a method wrapped it."""
+    head = arch_for(architecture).head
+    params = [p for n, p in model.named_parameters() if f".{head}." in f".{n}"]
+    assert params, f"no '{head}' head parameters in {type(model).__name__}"
+    return params
+
+
+def train_head(model, architecture: str) -> list[torch.nn.Parameter]:
+    """An encoder's new classification head, made trainable with every method unless the method already
+    trains its own copy (peft's SEQ_CLS `modules_to_save`); returns the head parameters it unfroze."""
+    params = head_parameters(model, architecture)
+    if any(p.requires_grad for p in params):
+        return []
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def _log_curve(log_history: list[dict]) -> list[dict]:
@@ -315,12 +369,14 @@ def validate_settings(cfg) -> None:
     """Runner and generation settings checked before any data or model is loaded (one line each)."""
     r, t = cfg.runner, cfg.task
     positive = {"runner.num_beams": r.num_beams, "runner.eval_batch_size": r.eval_batch_size,
-                "runner.micro_batch_size": r.micro_batch_size, "runner.eval_steps": r.eval_steps,
+                "runner.micro_batch_size": r.micro_batch_size,
                 "runner.patience": r.patience, "runner.max_seq_len": r.max_seq_len,
                 "runner.logging_steps": r.logging_steps, "task.max_new_tokens": t.max_new_tokens}
     for key, value in positive.items():
         if value is None or value < 1:
             raise UserError(f"{key}={value} must be an integer >= 1")
+    if r.eval_steps is not None and r.eval_steps < 1:
+        raise UserError(f"runner.eval_steps={r.eval_steps} must be an integer >= 1, or null (once per epoch)")
     if not r.lr > 0:
         raise UserError(f"runner.lr={r.lr} must be > 0")
     if r.batch_size is not None and r.batch_size < 1:
@@ -346,6 +402,7 @@ def run(cfg) -> dict:
     a run at a time (a lock file); a run that raises leaves a failed record beside its result path."""
     if cfg.runner.dtype == "auto":
         cfg.runner.dtype = resolve_dtype("auto", cfg.runner.device)
+    cfg.runner.scoring = resolve_scoring(cfg)
     config = R.to_container(cfg)
     path = R.result_path(cfg)
     done = R.load_finished(path, config, force=cfg.force)
@@ -406,6 +463,8 @@ def _run(cfg, config: dict, path: str) -> dict:
     set_seed(cfg.seed)
 
     task = build_task(cfg.task)
+    encoder = is_encoder(cfg.backbone.architecture)
+    labels = head_labels(task, cfg) if encoder else None  # before any data is read
     full = task.splits(task_data_dir(cfg))
     n_train_full = len(full["train"])  # the batch-size rule looks at the task, not at a debug cap
     splits = capped(full, runner)
@@ -416,11 +475,14 @@ def _run(cfg, config: dict, path: str) -> dict:
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     unset_hf_deepspeed_config()  # an earlier cell's ZeRO-3 config (a global) would partition the backbone as it is built
-    model, tok = load_backbone(cfg.backbone, cache_dir=runner.cache_dir, dtype=runner.dtype)
+    model, tok = load_backbone(cfg.backbone, cache_dir=runner.cache_dir, dtype=runner.dtype,
+                               num_labels=len(labels) if encoder else None)
     for p in model.parameters():
         p.requires_grad_(False)
     model.to(device)
-    if runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
+    if runner.zero_shot and encoder:
+        log.warning("runner.zero_shot: no zero-shot row for an encoder (its new classification head is random)")
+    elif runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
         zs = zero_shot(cfg, model, tok, splits, device, config, task.protocol)
         log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
         if eval_only:
@@ -429,17 +491,24 @@ def _run(cfg, config: dict, path: str) -> dict:
     set_seed(cfg.seed)  # method initialization depends on the seed only
     built = build_peft(model, cfg.method)
     model = built.model.to(device)
+    head = train_head(model, cfg.backbone.architecture) if encoder else []
+    n_head = sum(p.numel() for p in head_parameters(model, cfg.backbone.architecture) if p.requires_grad) if encoder else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if trainable == 0:
         raise UserError(f"method '{cfg.method.name}' left no trainable parameters")
 
-    train_rows = encode_train(splits["train"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} train")
-    dev_rows = encode_train(splits["dev"], tok, cfg.task.template, runner.max_seq_len, what=f"{cfg.task.name} dev")
+    if encoder:
+        train_rows, dev_rows = (encode_classification(splits[s], tok, labels, runner.max_seq_len, what=f"{cfg.task.name} {s}",
+                                                      task=cfg.task.name) for s in ("train", "dev"))
+    else:
+        train_rows, dev_rows = (encode_train(splits[s], tok, cfg.task.template, runner.max_seq_len,
+                                             what=f"{cfg.task.name} {s}") for s in ("train", "dev"))
     batch = effective_batch(runner, n_train_full)
     micro, accumulation = split_batch(batch, runner.micro_batch_size, world()[1])
     steps_per_epoch = math.ceil(len(train_rows) / batch)
     total_steps = runner.max_steps if runner.max_steps > 0 else math.ceil(steps_per_epoch * runner.max_epochs)
+    eval_steps = runner.eval_steps or steps_per_epoch  # null: once per epoch (ID-SPAM's epoch grid)
     report_to = _wandb_start(cfg, config, cell)
     best = BestStateAndEarlyStop(model, runner.patience)
     # checkpoints beside the record when resuming is on (runners/checkpoint.py), else a scratch folder
@@ -451,8 +520,8 @@ def _run(cfg, config: dict, path: str) -> dict:
             per_device_eval_batch_size=runner.eval_batch_size, learning_rate=runner.lr,
             num_train_epochs=runner.max_epochs, max_steps=runner.max_steps,
             lr_scheduler_type=runner.scheduler, warmup_steps=math.ceil(runner.warmup_ratio * total_steps),
-            weight_decay=runner.weight_decay, eval_strategy="steps", eval_steps=runner.eval_steps,
-            save_strategy="steps" if runner.resume else "no", save_steps=runner.eval_steps, save_total_limit=2,
+            weight_decay=runner.weight_decay, eval_strategy="steps", eval_steps=eval_steps,
+            save_strategy="steps" if runner.resume else "no", save_steps=eval_steps, save_total_limit=2,
             logging_steps=runner.logging_steps, report_to=report_to,
             run_name=f"seed{cfg.seed}", seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
             remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
@@ -463,9 +532,9 @@ def _run(cfg, config: dict, path: str) -> dict:
             # trainer.evaluate() before train() marks it prepared, so Accelerate would skip DDP (no gradient sync)
             eval_on_start=not resume_from,
         )
-        collator = TrainCollator(tok.pad_token_id)
+        collator = ClassCollator(tok.pad_token_id) if encoder else TrainCollator(tok.pad_token_id)
         optimizer, method_callbacks = training_setup(built, runner, dev_rows, collator, batch_size=micro,
-                                                     seed=cfg.seed, device=device)
+                                                     seed=cfg.seed, device=device, extra=head)
         trainer = HarnessTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
                           data_collator=collator, callbacks=[best, *method_callbacks], optimizers=(optimizer, None))
         trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
@@ -491,7 +560,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     record = {
         "schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
         "method": cfg.method.name, "variant": cfg.variant, "cell": cell, "seed": cfg.seed, "status": "ok",
-        "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total},
+        "metrics": metrics, "dev": dev, "params": {"trainable": trainable, "total": total, **({"head": n_head} if encoder else {})},
         "config": config, "provenance": R.provenance(device), "wall_time_s": time.time() - t0,
         "curve": {"train": _log_curve(history), "dev": best.dev_curve},
         "split_sizes": sizes, "protocol": task.protocol, "chance": task.chance,

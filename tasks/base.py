@@ -58,6 +58,9 @@ class Example:
     response: str  # the training target
     references: list[str] = field(default_factory=list)  # gold answers for scoring; [response] if empty
     label: str | None = None  # class label name, for classification tasks (encoder heads)
+    # the raw input segments an encoder's classification head reads: (sentence,) or (sentence 1, sentence 2),
+    # tokenized as the backbone's pair (`tok(a, b)`: RoBERTa's <s> a </s></s> b </s>); () = no encoder input
+    text: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.references:

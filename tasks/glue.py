@@ -110,9 +110,9 @@ class GlueTask(BenchTask):
     def word(self, row) -> str:
         return self.words[str(row["label"])]
 
-    def example(self, row, idx, query) -> Example:
+    def example(self, row, idx, query, text: tuple[str, ...] = ()) -> Example:
         label = self.word(row)
-        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label)
+        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label, text=text)
 
     def score(self, predictions, examples):
         refs = [e.references for e in examples]
@@ -151,7 +151,7 @@ class Sst2(GlueTask):
     transfer_sources = ("imdb",)
 
     def to_example(self, row, idx):
-        return self.example(row, idx, sentiment_query(row["sentence"]))
+        return self.example(row, idx, sentiment_query(row["sentence"]), (row["sentence"].strip(),))
 
 
 def sentiment_query(text: str) -> str:
@@ -176,7 +176,7 @@ class Rte(GlueTask):
     labels = ["entailment", "not entailment"]
 
     def to_example(self, row, idx):
-        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"]))
+        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"]), (row["sentence1"], row["sentence2"]))
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Qnli(GlueTask):
     labels = ["entailment", "not entailment"]
 
     def to_example(self, row, idx):
-        return self.example(row, idx, nli_query(row["question"], row["sentence"]))
+        return self.example(row, idx, nli_query(row["question"], row["sentence"]), (row["question"], row["sentence"]))
 
 
 # --- MNLI ----------------------------------------------------------------------------------------
@@ -222,7 +222,8 @@ class Mnli(GlueTask):
 
     def to_example(self, row, idx):
         question = "Are sentence 1 and sentence 2 have entailment, neutral or contradiction relation?"
-        return self.example(row, idx, nli_query(row["premise"], row["hypothesis"], question))
+        return self.example(row, idx, nli_query(row["premise"], row["hypothesis"], question),
+                            (row["premise"], row["hypothesis"]))
 
 
 # --- MRPC / QQP ----------------------------------------------------------------------------------
@@ -246,7 +247,8 @@ class Mrpc(GlueTask):
     transfer_sources = ("qqp",)
 
     def to_example(self, row, idx):
-        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"], PARAPHRASE_QUESTION))
+        return self.example(row, idx, nli_query(row["sentence1"], row["sentence2"], PARAPHRASE_QUESTION),
+                            (row["sentence1"], row["sentence2"]))
 
 
 @dataclass
@@ -268,4 +270,5 @@ class Qqp(GlueTask):
     transfer_sources = ("mrpc",)
 
     def to_example(self, row, idx):
-        return self.example(row, idx, nli_query(row["question1"], row["question2"], PARAPHRASE_QUESTION))
+        return self.example(row, idx, nli_query(row["question1"], row["question2"], PARAPHRASE_QUESTION),
+                            (row["question1"], row["question2"]))

@@ -59,7 +59,8 @@ class Imdb(BenchTask):
     def to_example(self, row, idx):
         label = label_name(row["label"], self.labels)
         text = row["text"].replace("<br /><br />", " ").replace("<br />", " ")  # HTML line breaks of aclImdb
-        return Example(id=str(row.get("id", idx)), query=sentiment_query(text), response=label, label=label)
+        return Example(id=str(row.get("id", idx)), query=sentiment_query(text), response=label, label=label,
+                       text=(text.strip(),))
 
     def own_splits(self, data_dir):
         raw = self.load_raw(data_dir)

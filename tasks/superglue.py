@@ -87,7 +87,8 @@ class Boolq(SuperGlueTask):
     def to_example(self, row, idx):
         label = label_name(row["label"], self.labels)
         query = f"Reference document:\n{row['passage']}\nQuestion:\n{row['question']}"
-        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label)
+        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label,
+                       text=(row["question"], row["passage"]))
 
     def score(self, predictions, examples):
         return accuracy(predictions, [e.references for e in examples])
@@ -146,7 +147,8 @@ class Cb(SuperGlueTask):
             f"sentence 1: {row['premise']}\nsentence 2: {row['hypothesis']}\n"
             "Are sentence 1 and sentence 2 have entailment, neutral or contradiction relation?"
         )
-        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label)
+        return Example(id=str(row.get("idx", idx)), query=query, response=label, label=label,
+                       text=(row["premise"], row["hypothesis"]))
 
     def score(self, predictions, examples):
         return acc_f1(predictions, [e.references for e in examples], self.labels)
@@ -189,7 +191,8 @@ class Multirc(SuperGlueTask):
             f"Reference document:\n{row['paragraph']}\nQuestion:\n{row['question']}\n"
             f"Candidate answer: {row['answer']}\nIs the candidate answer correct?"
         )
-        return Example(id=f"{i['paragraph']}-{i['question']}-{i['answer']}", query=query, response=label, label=label)
+        return Example(id=f"{i['paragraph']}-{i['question']}-{i['answer']}", query=query, response=label, label=label,
+                       text=(row["paragraph"], f"{row['question']} {row['answer']}"))
 
     def score(self, predictions, examples):
         assert len(predictions) == len(examples), f"{len(predictions)} predictions vs {len(examples)} examples"

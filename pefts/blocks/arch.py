@@ -34,7 +34,8 @@ class Arch:
     scale: scaling target -> (module path inside a layer, "out" = multiply its output / "in" = its input,
     layout), layout "plain" (one target), "qkv" (GPT-2: [q | k | v] blocks), "qkv_heads" (GPT-NeoX: per
     head [q_h | k_h | v_h]); rotary: positions act inside attention (inserted tokens then occupy
-    positions); causal: decoder (False for encoders)."""
+    positions); causal: decoder (False for encoders); head: the classification head of the encoder's
+    *ForSequenceClassification model, new and trained with every method (None for decoders)."""
 
     layers: str
     attn: str
@@ -43,6 +44,7 @@ class Arch:
     scale: Mapping[str, tuple[str, str, str]]
     rotary: bool = True
     causal: bool = True
+    head: str | None = None
 
 
 _LLAMA = Arch(
@@ -98,6 +100,7 @@ _BERT = Arch(  # roberta and bert: the same layer modules
     }),
     rotary=False,
     causal=False,
+    head="classifier",  # RoBERTa: dense + tanh + out_proj on <s>; BERT: a linear on the pooled [CLS]
 )
 # DeBERTa-v2: relative attention (not rotary); no scaling targets (its layers take no **kwargs, which the
 # scaling injector needs to reach the attention module), so it is listed for `is_encoder` and paths only.
@@ -109,6 +112,7 @@ _DEBERTA_V2 = Arch(
     scale=MappingProxyType({}),
     rotary=False,
     causal=False,
+    head="classifier",
 )
 ARCHS: Mapping[str, Arch] = MappingProxyType({
     **{t: _LLAMA for t in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")},
@@ -135,6 +139,12 @@ def is_encoder(model_type: str) -> bool:
     """True for the table's encoders (roberta, bert, deberta-v2); False for decoders and unknown types."""
     arch = ARCHS.get(model_type)
     return arch is not None and not arch.causal
+
+
+def peft_task_type(model: nn.Module) -> str:
+    """peft's `task_type` for a backbone: SEQ_CLS for an encoder with a classification head (peft then trains
+    its own copy of the head, `modules_to_save`), CAUSAL_LM for decoders."""
+    return "CAUSAL_LM" if arch_of(model).causal else "SEQ_CLS"
 
 
 def layer_list(model: nn.Module) -> nn.ModuleList:

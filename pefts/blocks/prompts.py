@@ -7,6 +7,12 @@ model as placeholder ids `>= num_embeddings` in `input_ids`; an embedding hook s
 Because the placeholders are ordinary tokens of the sequence, HF `generate` handles KV caches, beam
 reordering and uncached decoding itself. Forward calls insert the placeholders and strip their logits.
 
+Encoders (RoBERTa + a classification head, ID-SPAM's baselines): the prompt goes right behind <s>, whose
+state the head reads (position "after_first", as the input-aware family places it on encoders); the class
+labels pass unchanged, every attended token is instruction, and nothing is stripped. RoBERTa counts
+positions from its pad id: the soft tokens get the pad position and real tokens keep their own, as the
+family's pad-id placeholders do (pefts/family.py).
+
     PromptInserter(n, SoftPrompt(n, d, ref, init_from=vocab_init(model, n))).install(model)
 """
 
@@ -17,18 +23,20 @@ import types
 import torch
 from torch import nn
 
+from pefts.blocks.arch import is_encoder
 from pefts.blocks.common import new_param
 from pefts.blocks.layout import insert_soft_positions
 
 
 def insert_placeholders(ids: torch.Tensor, mask: torch.Tensor, n: int, base: int,
-                        labels: torch.Tensor | None = None):
-    """Insert `n` placeholder ids (base, ..., base+n-1) before each row's first attended token.
+                        labels: torch.Tensor | None = None, position: str = "prepend"):
+    """Insert `n` placeholder ids (base, ..., base+n-1) before each row's first attended token (or
+    right after it: position "after_first").
 
     Returns (ids, mask, labels, placeholder, keep): the widened tensors, the (B, T+n) placeholder
     mask and the (B, T+n) mask of original columns (to strip logits back to (B, T)).
     """
-    lay = insert_soft_positions(ids, mask, labels, mask.bool(), n, "prepend", fill_id=base)
+    lay = insert_soft_positions(ids, mask, labels, mask.bool(), n, position, fill_id=base)
     ph = lay.soft()
     ids2 = lay.input_ids + (ph.long().cumsum(1) - 1).clamp(min=0) * ph  # base + slot at the soft positions
     return ids2, lay.attention_mask, lay.labels, ph, ~ph
@@ -64,11 +72,16 @@ class PromptInserter(nn.Module):
         self._gen_width: int | None = None
         self._strip: torch.Tensor | None = None
         self._ids: torch.Tensor | None = None
+        self.encoder = False  # set by install: an encoder with a classification head (module docstring)
+        self.pad_positions: int | None = None  # RoBERTa: positions count from this pad id
 
     def install(self, model: nn.Module) -> nn.Module:
         assert not hasattr(model, "peft_prompt"), "the model already has a soft prompt (peft_prompt)"
         embed = model.get_input_embeddings()
         self.base = embed.num_embeddings
+        model_type = getattr(model.config, "model_type", None)
+        self.encoder = is_encoder(model_type)
+        self.pad_positions = model.config.pad_token_id if model_type == "roberta" else None
         model.add_module("peft_prompt", self)
         model.register_forward_pre_hook(self._model_pre, with_kwargs=True)
         model.register_forward_hook(self._model_post, with_kwargs=True)
@@ -102,6 +115,8 @@ class PromptInserter(nn.Module):
         else:  # an ordinary forward call: insert the prompt here and strip its logits afterwards
             if kwargs.get("position_ids") is not None or kwargs.get("inputs_embeds") is not None:
                 raise ValueError("soft-prompt methods compute positions themselves: pass no position_ids/inputs_embeds")
+            if self.encoder:
+                return self._encoder_pre(ids, mask, kwargs)
             labels = kwargs.get("labels")
             ids, mask2, labels2, ph, keep = insert_placeholders(ids, mask, self.n, self.base, labels)
             instr_old = mask.bool() if labels is None else mask.bool() & (labels == -100)
@@ -112,6 +127,16 @@ class PromptInserter(nn.Module):
                 kwargs["labels"] = labels2
             self._strip = keep
         self._ctx = _Ctx(ph, instr)
+        return (), kwargs
+
+    def _encoder_pre(self, ids, mask, kwargs):
+        """An encoder's forward call: the prompt behind <s>, class labels untouched, nothing to strip."""
+        ids, mask2, _, ph, _ = insert_placeholders(ids, mask, self.n, self.base, position="after_first")
+        real = mask2.bool() & ~ph
+        kwargs.update(input_ids=ids, attention_mask=mask2)
+        if self.pad_positions is not None:  # RoBERTa's create_position_ids_from_input_ids, soft tokens as pads
+            kwargs["position_ids"] = real.long().cumsum(1) * real + self.pad_positions
+        self._ctx = _Ctx(ph, real)
         return (), kwargs
 
     def _model_post(self, module, args, kwargs, output):
