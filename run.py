@@ -32,7 +32,7 @@ from core.errors import UserError, exit_on_user_error, one_line  # noqa: E402
 from runners.sweep import expand_argv  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
-GROUPS = ("backbone", "method", "task", "runner", "logger", "experiment")
+GROUPS = ("backbone", "method", "task", "runner", "logger", "experiment", "ablation")
 
 
 def check_choices(argv: list[str]) -> None:
@@ -98,6 +98,8 @@ def check_keys(argv: list[str]) -> None:
         if not sep or key.startswith(("hydra.", "hydra/")) or key.startswith("-"):  # Hydra's own (launchers)
             continue
         group, dot, field = key.partition(".")
+        if not dot and group == "ablation":  # `+ablation=<cell>`: a group (conf/ablation/), not a key
+            continue
         if not dot:  # a top-level key
             valid = [f.name for f in dataclasses.fields(RunConfig)]
             name, what = group, "top-level key"

@@ -34,6 +34,8 @@ class TableSpec:
     backbone: str = "smollm2-135m"
     title: str = ""  # e.g. "IAPT Table 1 at CPU scale (SmolLM2-135M), not the paper's setting"
     notes: list[str] = field(default_factory=list)  # printed under the table (lr grid, budgets, ...)
+    # {paper column: reason} of the paper's columns with no harness task (no public data): shown as missing
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -132,7 +134,8 @@ def _fmt(x: float, nd: int = 1) -> str:
 def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
     title = spec.title or f"{spec.paper.upper()} Table {spec.table} ({spec.backbone})"
     lines = [f"### {title}", "",
-             "| method | " + " | ".join(spec.tasks) + " |", "|---|" + "---|" * len(spec.tasks)]
+             "| method | " + " | ".join([*spec.tasks, *spec.unavailable]) + " |",
+             "|---|" + "---|" * (len(spec.tasks) + len(spec.unavailable))]
     by = {(r.task, r.cell): r for r in df.itertuples()}
     marks = {t: _rank_marks({c: by[(t, c)].median for c in spec.cells}) for t in spec.tasks}
     for cell in spec.cells:
@@ -154,6 +157,7 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
             if r.problems:
                 text += f"; also {r.problems}"
             out.append(text)
+        out += [f"missing ({why})" for why in spec.unavailable.values()]
         lines.append(f"| {cell} | " + " | ".join(out) + " |")
     lines += ["", f"Cells: median over seeds (min–max, n). Paired against {spec.proposed} on common seeds: "
               "mean difference [paired bootstrap 95% interval], two-sided Wilcoxon signed-rank p "

@@ -6,6 +6,13 @@
         IAPT Figure 2 style: median test score against tunable parameters, one point per cell
     python -m scripts.figures length results_dir=... task=... method=iapt
         IAPT Figure 3 style: median test score against the prompt length (method.n_tokens) of the cells
+    python -m scripts.figures budget results_dir=... task=boolq [methods=parade,lora,ia3_proj] [backbone=llama2-7b]
+        PARADE Figure 2: median test score against tunable parameters, one curve per method, one point per
+        cell (PARADE's r swept by conf/experiment/parade_fig2.yaml; LoRA r / (IA)^3 dim cells likewise)
+    python -m scripts.figures layer results_dir=... task=rte [methods=idspam,lpt] [backbone=roberta-large]
+        ID-SPAM Figure 2: median test score (MRPC: mean of acc and F1, the task's headline metric) against the
+        layer index m the soft prompt is prepended to (record config method.layer; 0 = the input embeddings),
+        one curve per method (conf/experiment/idspam_fig2.yaml)
 """
 
 from __future__ import annotations
@@ -137,9 +144,53 @@ def plot_length(results_dir: str, task: str, method: str, out: str, backbone: st
     return _save(fig, out)
 
 
+def curves(results_dir: str, task: str, methods: list[str], x_of, backbone: str | None = None
+           ) -> dict[str, list[tuple[float, float, int]]]:
+    """{method: [(x, median test score, n seeds)] sorted by x}: one point per cell of each method; x_of(record)
+    reads the x value from a record (None: the cell is left out)."""
+    out: dict[str, list[tuple[float, float, int]]] = {}
+    for recs in _cells(results_dir, backbone, task).values():
+        x = x_of(recs[0])
+        if recs[0]["method"] in methods and x is not None:
+            out.setdefault(recs[0]["method"], []).append((float(x), _median(recs), len(recs)))
+    if not out:
+        raise UserError(f"no finished records of {', '.join(methods)} on task '{task}' under "
+                        f"results_dir='{results_dir}' with the figure's x value")
+    return {m: sorted(out[m]) for m in methods if m in out}
+
+
+def _plot_curves(pts: dict, out: str, xlabel: str, ylabel: str, title: str, logx: bool = False) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for method, p in pts.items():
+        ax.plot([q[0] for q in p], [q[1] for q in p], "o-", ms=3, label=f"{method} (n={min(q[2] for q in p)}+)")
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_budget(results_dir: str, task: str, out: str, methods=("parade", "lora", "ia3_proj"),
+                backbone: str | None = None) -> str:
+    """PARADE Figure 2: score against the tunable parameters (record params.trainable), a curve per method."""
+    pts = curves(results_dir, task, list(methods), lambda r: r["params"].get("trainable"), backbone)
+    return _plot_curves(pts, out, "tunable parameters", f"{task}: median test score",
+                        f"{task}: score vs tunable parameters", logx=True)
+
+
+def plot_layer(results_dir: str, task: str, out: str, methods=("idspam", "lpt"), backbone: str | None = None) -> str:
+    """ID-SPAM Figure 2: score against the layer index m of the prompt (record config method.layer)."""
+    pts = curves(results_dir, task, list(methods), lambda r: r["config"]["method"].get("layer"), backbone)
+    return _plot_curves(pts, out, "layer index m (0 = input embeddings)", f"{task}: median test score",
+                        f"{task}: score vs prompt layer")
+
+
 def main(argv: list[str]) -> None:
-    if not argv or argv[0] not in ("rational", "params", "length"):
-        raise UserError("usage: python -m scripts.figures rational|params|length key=value ... (see the docstring)")
+    if not argv or argv[0] not in ("rational", "params", "length", "budget", "layer"):
+        raise UserError("usage: python -m scripts.figures rational|params|length|budget|layer key=value ... "
+                        "(see the docstring)")
     kind, opts = argv[0], dict(a.partition("=")[::2] for a in argv[1:])
     if kind == "rational":
         if "peft" not in opts:
@@ -151,7 +202,11 @@ def main(argv: list[str]) -> None:
         raise UserError(f"scripts.figures {kind} needs task=<name> (and results_dir=, backbone=)")
     results_dir = opts.get("results_dir", os.path.join(ROOT, "results", "runs"))
     out = opts.get("out") or os.path.join(FIGURES, f"{kind}_{opts['task']}.png")
-    if kind == "params":
+    if kind in ("budget", "layer"):
+        plot = plot_budget if kind == "budget" else plot_layer
+        methods = opts["methods"].split(",") if opts.get("methods") else None
+        print(plot(results_dir, opts["task"], out, *([methods] if methods else []), backbone=opts.get("backbone")))
+    elif kind == "params":
         print(plot_params(results_dir, opts["task"], out, opts.get("backbone")))
     else:
         print(plot_length(results_dir, opts["task"], opts.get("method", "iapt"), out, opts.get("backbone")))

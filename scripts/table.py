@@ -7,7 +7,9 @@
     make table1 [SCALE=cpu]   |   make table PAPER=iapt N=1   |   make tables [SCALE=cpu]
 
 The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
-the methods when given); the paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
+the methods when given; `+ablation: a,b` sweeps conf/ablation/ options, each a cell named after its option
+that overrides method fields per cell, e.g. IAPT-1..7; `backbone: x,y` renders one block per backbone).
+Paper columns without a public data set (PARA's HSM10K, Q2SQL) show as `missing (not public: ...)`. The paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
 and the proposed method (paired tests) is the paper's own. Finished runs are reused (run.py skips them);
 the rendered table goes to results/tables/<experiment>.{md,csv}.
 """
@@ -26,6 +28,28 @@ from core.errors import UserError, exit_on_user_error
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = re.compile(r"^(?P<paper>iapt|parade|para|idspam)_table(?P<n>\d+)(?P<cpu>_cpu)?$")
 PROPOSED = {"iapt": "iapt", "parade": "parade", "para": "para", "idspam": "idspam"}
+ABLATION = "+ablation"  # the grid key of per-cell overrides (conf/ablation/<cell>.yaml)
+NOT_PUBLIC = {  # (paper, paper column) -> why no harness task exists; shown as a missing column with the reason
+    ("para", "HSM10K"): "not public: PARA's proprietary in-house data set (para.txt), no harness task",
+    ("para", "Q2SQL"): "not public: PARA's proprietary in-house data set (para.txt), no harness task",
+}
+
+
+def cells_of(axes: dict[str, list[str]]) -> list[str]:
+    """The table's rows: the ablation options (each names its cell), else the variants, else the methods."""
+    return axes.get(ABLATION) or axes.get("variant") or axes["method"]
+
+
+def not_public(paper: str, number: int) -> dict[str, str]:
+    """{paper column: reason} of the paper table's columns that have no public data (results/paper CSV)."""
+    import csv
+
+    path = os.path.join(ROOT, "results", "paper", f"{paper}_table{number}.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        heads = dict.fromkeys(re.sub(r"\s*\(.*\)$", "", r["column"]) for r in csv.DictReader(f))
+    return {h: NOT_PUBLIC[(paper, h)] for h in heads if (paper, h) in NOT_PUBLIC}
 
 
 def grid(experiment: str, overrides: list[str] = ()) -> tuple[object, dict[str, list[str]]]:
@@ -53,10 +77,11 @@ def plan(cfg, axes: dict[str, list[str]]) -> dict:
     """Every run of the grid with its state: done (a finished record), failed, or to run."""
     from runners import results as R
 
-    cells = axes.get("variant") or axes["method"]
+    cells = cells_of(axes)
+    backbones = axes.get("backbone") or [cfg.backbone.name]
     runs = []
-    for (cell, task, seed) in itertools.product(cells, axes["task"], axes["seed"]):
-        path = os.path.join(cfg.results_dir, cfg.backbone.name, task, cell, f"seed{seed}.json")
+    for (backbone, cell, task, seed) in itertools.product(backbones, cells, axes["task"], axes["seed"]):
+        path = os.path.join(cfg.results_dir, backbone, task, cell, f"seed{seed}.json")
         state, wall = "to run", None
         if os.path.exists(path):
             try:
@@ -66,8 +91,8 @@ def plan(cfg, axes: dict[str, list[str]]) -> dict:
                 state = "corrupt"
         elif os.path.exists(R.failed_path(path)):
             state = "failed"
-        runs.append({"cell": cell, "task": task, "seed": int(seed), "path": path, "state": state, "wall": wall})
-    return {"runs": runs, "cells": cells, "tasks": axes["task"]}
+        runs.append({"backbone": backbone, "cell": cell, "task": task, "seed": int(seed), "path": path, "state": state, "wall": wall})
+    return {"runs": runs, "cells": cells, "tasks": axes["task"], "backbones": backbones}
 
 
 def describe(experiment: str, p: dict) -> str:
@@ -78,23 +103,32 @@ def describe(experiment: str, p: dict) -> str:
     est = (f"about {left * statistics.median(walls) / 3600:.1f} h left at the median wall time of the finished "
            f"runs ({statistics.median(walls) / 60:.0f} min)") if walls and left else (
            "nothing left to run" if not left else "no finished run yet to estimate the time from")
-    return (f"{experiment}: {len(runs)} runs ({len(p['cells'])} methods x {len(p['tasks'])} tasks x "
-            f"{len(runs) // max(1, len(p['cells']) * len(p['tasks']))} seeds): {count['done']} done, "
+    n_bb = len(p.get("backbones", [None]))
+    bbs = f"{n_bb} backbones x " if n_bb > 1 else ""
+    return (f"{experiment}: {len(runs)} runs ({bbs}{len(p['cells'])} methods x {len(p['tasks'])} tasks x "
+            f"{len(runs) // max(1, n_bb * len(p['cells']) * len(p['tasks']))} seeds): {count['done']} done, "
             f"{count['failed'] + count['corrupt']} failed or corrupt, {count['to run']} to run; {est}")
 
 
 def render_table(experiment: str, cfg, p: dict, out_dir: str) -> str:
+    import pandas as pd
+
     from runners.aggregate import atomic_write_text, scan
     from runners.tables import TableSpec, paper_numbers, render
 
     m = NAME.match(experiment)
     paper, number, cpu = m["paper"], int(m["n"]), bool(m["cpu"])
-    title = f"{paper.upper()} Table {number}, {cfg.backbone.name}" + (
-        " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
-    spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=p["cells"], proposed=PROPOSED[paper],
-                     backbone=cfg.backbone.name, title=title)
     records, problems = scan(cfg.results_dir)
-    df, md = render(spec, records, problems, paper_numbers(spec))
+    dfs, mds = [], []
+    for backbone in p.get("backbones") or [cfg.backbone.name]:
+        title = f"{paper.upper()} Table {number}, {backbone}" + (
+            " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
+        spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=p["cells"], proposed=PROPOSED[paper],
+                         backbone=backbone, title=title, unavailable=not_public(paper, number))
+        df, md = render(spec, records, problems, paper_numbers(spec))
+        dfs.append(df.assign(backbone=backbone))
+        mds.append(md)
+    df, md = pd.concat(dfs, ignore_index=True), "\n".join(mds)
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.md"), md)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.csv"), df.to_csv(index=False))

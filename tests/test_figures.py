@@ -54,3 +54,61 @@ def test_score_figures_from_records(tmp_path):
         assert open(out, "rb").read(4) == b"\x89PNG"
     with pytest.raises(UserError, match="no finished records of task 'rte'"):
         figures.plot_params(str(runs), "rte", str(tmp_path / "x.png"))
+
+
+def _write(runs, backbone, task, cell, method, seed, acc, params=None):
+    folder = runs / backbone / task / cell
+    folder.mkdir(parents=True, exist_ok=True)
+    rec = {"schema": 1, "backbone": backbone, "task": task, "method": method["name"], "variant": cell,
+           "cell": cell, "seed": seed, "status": "ok", "metrics": {"acc-f1": acc, "acc": acc + 1}, "dev": {},
+           "params": {"trainable": params}, "config": {"method": method}, "provenance": {}, "wall_time_s": 1.0,
+           "curve": {}}
+    (folder / f"seed{seed}.json").write_text(json.dumps(rec))
+
+
+def test_budget_figure_parade_fig2(tmp_path):
+    """PARADE Figure 2: a curve per method over the records' tunable parameters (medians over seeds)."""
+    runs = tmp_path / "runs"
+    for r, acc in ((3, 80.0), (12, 84.0), (48, 85.0)):
+        for seed in (0, 1):
+            _write(runs, "llama2-7b", "boolq", f"parade-r{r}", {"name": "parade", "bottleneck": r}, seed,
+                   acc + seed, params=r * 1000)
+    for r, acc in ((4, 79.0), (16, 82.0)):
+        _write(runs, "llama2-7b", "boolq", f"lora-r{r}", {"name": "lora", "r": r}, 0, acc, params=r * 3000)
+    pts = figures.curves(str(runs), "boolq", ["parade", "lora", "ia3_proj"], lambda r: r["params"]["trainable"])
+    assert pts["parade"] == [(3000.0, 80.5, 2), (12000.0, 84.5, 2), (48000.0, 85.5, 2)], "x sorted, headline metric"
+    assert list(pts) == ["parade", "lora"], "a method without records has no curve"
+    out = figures.plot_budget(str(runs), "boolq", str(tmp_path / "b.png"))
+    assert open(out, "rb").read(4) == b"\x89PNG"
+    figures.main(["budget", f"results_dir={runs}", "task=boolq", "methods=parade", f"out={tmp_path / 'c.png'}"])
+    assert (tmp_path / "c.png").exists()
+
+
+def test_layer_figure_idspam_fig2(tmp_path):
+    """ID-SPAM Figure 2: score against the layer index read from each record's config (method.layer)."""
+    runs = tmp_path / "runs"
+    for method, accs in (("idspam", (70.0, 75.0, 72.0)), ("lpt", (65.0, 71.0, 69.0))):
+        for m, acc in zip((0, 12, 23), accs):
+            _write(runs, "roberta-large", "rte", f"{method}-m{m}", {"name": method, "layer": m}, 0, acc)
+    _write(runs, "roberta-large", "rte", "idspam", {"name": "idspam", "layer": None}, 0, 99.0)  # no m: left out
+    pts = figures.curves(str(runs), "rte", ["idspam", "lpt"], lambda r: r["config"]["method"].get("layer"))
+    assert pts["idspam"] == [(0.0, 70.0, 1), (12.0, 75.0, 1), (23.0, 72.0, 1)]
+    figures.main(["layer", f"results_dir={runs}", "task=rte", f"out={tmp_path / 'l.png'}"])
+    assert open(tmp_path / "l.png", "rb").read(4) == b"\x89PNG"
+    with pytest.raises(UserError, match="no finished records of idspam, lpt on task 'mrpc'|no finished records of task"):
+        figures.plot_layer(str(runs), "mrpc", str(tmp_path / "x.png"))
+
+
+@pytest.mark.parametrize("experiment,point,cell", [
+    ("parade_fig2", ["method.bottleneck=48", "task=e2e"], "parade-r48"),
+    ("idspam_fig2", ["method=lpt", "method.layer=7", "task=rte"], "lpt-m7"),
+])
+def test_figure_grids_compose(experiment, point, cell):
+    """Each figure's grid composes; a grid point is its own cell, named from the swept value."""
+    from runners.results import cell_name
+    from scripts import table
+    from tests.conftest import compose
+
+    cfg, axes = table.grid(experiment)
+    assert axes["seed"] and axes["task"]
+    assert cell_name(compose(f"experiment={experiment}", *point, debug=False)) == cell

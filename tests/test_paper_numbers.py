@@ -324,6 +324,7 @@ def test_names():
     assert fields == ["paper", "kind", "paper_name", "harness_name"]
     conf = {k: {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", k, "*.yaml"))}
             for k in ("method", "task")}
+    conf["method"] |= {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", "ablation", "*.yaml"))}
     labels: dict[str, set[str]] = {}
     for path in _table_files():
         paper, table = _key(path)

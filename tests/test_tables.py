@@ -3,11 +3,16 @@ missing and failed cells, and the paired test (runners/tables.py)."""
 
 from __future__ import annotations
 
+import glob
 import math
+import os
+import re
 
 import pytest
 
 from runners.tables import TableSpec, paired, render
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCORES = {  # (task, cell) -> per-seed accuracy
     ("sst2", "iapt"): [80.0, 82.0, 90.0],
@@ -126,3 +131,54 @@ def test_table_sends_missing_cells_through_the_chosen_launcher(tmp_path, monkeyp
         table.main(["experiment=iapt_table1_cpu", f"out={tmp_path}", f"results_dir={tmp_path / 'runs'}",
                     "launcher=slurm"])
     assert calls and calls[0][2:4] == ["--multirun", "experiment=iapt_table1_cpu"] and calls[0][-1] == "hydra/launcher=slurm"
+
+
+TABLE_EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", "experiment", "*.yaml"))
+                           if re.match(r"^(iapt|parade|para|idspam)_table\d+(_cpu)?$", os.path.basename(p)[:-5]))
+
+
+@pytest.mark.parametrize("experiment", TABLE_EXPERIMENTS)
+def test_every_table_grid_cell_composes(experiment):
+    """Each table experiment's grid (scripts.table.grid): every backbone, method, ablation cell and task it
+    names exists and composes under the experiment (typed schemas, no model loaded), an ablation cell is
+    named after its option and its method overrides land, and the plan has one run per grid point."""
+    from core.config import compose
+    from runners.results import cell_name
+    from scripts import table
+
+    cfg, axes = table.grid(experiment)
+    backbones = axes.get("backbone") or [cfg.backbone.name]
+    ablations = axes.get(table.ABLATION)
+    cells = table.cells_of(axes)
+    assert len(set(cells)) == len(cells), "two rows with one name"
+    if ablations:
+        assert len(axes["method"]) == 1, "ablation cells override one method"
+    if axes.get("variant") and not ablations:
+        assert len(axes["variant"]) == len(axes["method"]), "variants pair with the methods"
+    base = compose([f"experiment={experiment}", f"method={axes['method'][0]}"])
+    for backbone in backbones:
+        for i, cell in enumerate(cells):
+            method = axes["method"][0] if ablations else axes["method"][i] if axes.get("variant") else cell
+            extra = [f"+ablation={cell}"] if ablations else [f"variant={cell}"] if axes.get("variant") else []
+            c = compose([f"experiment={experiment}", f"backbone={backbone}", f"method={method}",
+                         f"task={axes['task'][0]}", *extra])
+            assert (c.backbone.name, c.method.name, cell_name(c)) == (backbone, method, cell)
+            if ablations and cell != method:
+                assert c.method != base.method, f"+ablation={cell} changes no method field"
+        for task in axes["task"]:
+            c = compose([f"experiment={experiment}", f"backbone={backbone}", f"method={axes['method'][0]}",
+                         f"task={task}"])
+            assert c.task.name == task
+    p = table.plan(cfg, axes)
+    assert len(p["runs"]) == len(backbones) * len(cells) * len(axes["task"]) * len(axes["seed"])
+
+
+def test_not_public_columns_are_shown_missing_with_the_reason(tmp_path):
+    from scripts import table
+
+    cfg, axes = table.grid("para_table2", [f"results_dir={tmp_path}", "logger=none"])
+    assert "hsm10k" not in axes["task"] and "q2sql" not in axes["task"], "not substituted"
+    md = table.render_table("para_table2", cfg, table.plan(cfg, axes), str(tmp_path / "tables"))
+    head = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert head.endswith("| HSM10K | Q2SQL |")
+    assert "| para | missing | missing | missing | missing (not public: " in md
