@@ -50,9 +50,10 @@ RATIONAL_GELU_MAX_ERROR = 4.3e-3
 
 def _polyval(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """coef[0] + coef[1] x + ... + coef[-1] x^(len-1), by Horner's rule (bounded intermediates)."""
-    y = torch.zeros_like(x) + coef[-1]
-    for k in range(coef.shape[0] - 2, -1, -1):
-        y = y * x + coef[k]
+    c = coef.unbind(0)  # one op for all coefficients (not one select per step)
+    y = torch.zeros_like(x) + c[-1]
+    for k in range(len(c) - 2, -1, -1):
+        y = y * x + c[k]
     return y
 
 
@@ -101,6 +102,25 @@ class Rational(nn.Module):
         self.numerator = nn.Parameter(torch.tensor(list(numerator), dtype=torch.float32))
         self.denominator = nn.Parameter(torch.tensor(list(denominator), dtype=torch.float32))
         self.bound = None if bound is None else float(bound)
+        self._edge_cache = None  # (key, values, slopes) at +-bound, reused while no gradient is needed
+
+    def _edges(self, ct: torch.dtype, device, a: torch.Tensor, b: torch.Tensor):
+        """R and dR/dx at -bound and +bound. They depend on the coefficients only, so without autograd
+        (inference) they are computed once per coefficient state (parameter version, storage, dtype) and
+        reused across calls; with autograd they are recomputed so gradients reach every a_j, b_i."""
+        c = self.bound
+        grad = torch.is_grad_enabled() and (self.numerator.requires_grad or self.denominator.requires_grad)
+        key = None
+        if not grad and not torch.is_inference_mode_enabled():
+            key = (ct, str(device), self.numerator._version, self.denominator._version,
+                   self.numerator.data_ptr(), self.denominator.data_ptr())
+            if self._edge_cache is not None and self._edge_cache[0] == key:
+                return self._edge_cache[1], self._edge_cache[2]
+        edges = torch.tensor([-c, c], dtype=ct, device=device)
+        v, s = rational(edges, a, b), rational_slope(edges, a, b)
+        if key is not None:
+            self._edge_cache = (key, v, s)
+        return v, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ct = torch.promote_types(x.dtype, torch.float32)
@@ -109,8 +129,7 @@ class Rational(nn.Module):
             return rational(xc, a, b).to(x.dtype)
         c = self.bound
         y = rational(xc.clamp(-c, c), a, b)
-        edges = torch.tensor([-c, c], dtype=ct, device=x.device)
-        v, s = rational(edges, a, b), rational_slope(edges, a, b)
+        v, s = self._edges(ct, x.device, a, b)
         y = torch.where(xc > c, v[1] + s[1] * (xc - c), y)
         y = torch.where(xc < -c, v[0] + s[0] * (xc + c), y)
         return y.to(x.dtype)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pefts.blocks.activations import Rational, make_activation
-from pefts.blocks.poolers import make_pooler
+from pefts.blocks.poolers import AttentionPooler, make_pooler, masked_softmax
 
 INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
 
@@ -125,24 +125,66 @@ class Generator(nn.Module):
         self.pool_first, self.n_tokens, self.skip_first = pool_first, n_tokens, skip_first
         self.out_dim = up.out_features * n_out // n_tokens
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def skip_first_mask(mask: torch.Tensor) -> torch.Tensor:
+        """The pooling mask under `skip_first`: each row's first instruction token dropped, unless it is
+        the row's only one. A function of the mask alone, so a bank builds it once per batch."""
+        mask = mask.bool()
+        first = mask.float().argmax(1)
+        several = mask.sum(1) > 1  # a one-token instruction keeps its token
+        drop = torch.zeros_like(mask).scatter_(1, first[:, None], True) & several[:, None]
+        return mask & ~drop
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pool_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, T, in_dim] hidden states, mask: [B, T] (1 at instruction tokens) -> [B, n_tokens, out_dim].
         skip_first: the first instruction token of each row (BOS / a chat template's start, the attention
-        sink whose massive activations otherwise dominate the pool) is left out of the pooler's mask."""
-        if self.skip_first:
-            mask = mask.bool()
-            first = mask.float().argmax(1)
-            several = mask.sum(1) > 1  # a one-token instruction keeps its token
-            drop = torch.zeros_like(mask).scatter_(1, first[:, None], True) & several[:, None]
-            mask = mask & ~drop
+        sink whose massive activations otherwise dominate the pool) is left out of the pooler's mask.
+        pool_mask: that pooling mask when the caller has it already (`skip_first_mask(mask)`; GeneratorBank
+        builds it once for all its layers). Without autograd, down -> attention pooler runs as the
+        attention pooler's `pool_projected` (the same function, reassociated; see there)."""
+        if pool_mask is None:
+            pool_mask = self.skip_first_mask(mask) if self.skip_first else mask
         if self.pool_first:
-            z = self.down(self.pooler(x, mask))
+            z = self.down(self.pooler(x, pool_mask))
+        elif (not torch.is_grad_enabled() and isinstance(self.pooler, AttentionPooler)
+              and type(self.down) is nn.Linear):
+            z = self.pooler.pool_projected(x, pool_mask, self.down)
         else:
-            z = self.pooler(self.down(x), mask)
+            z = self.pooler(self.down(x), pool_mask)
         y = self.up(self.activation(z))
         if self.out_activation is not None:
             y = self.out_activation(y)
         return y.reshape(x.shape[0], self.n_tokens, self.out_dim)
+
+
+def _rational_rows(x: torch.Tensor, acts: Sequence[Rational], rows) -> torch.Tensor:
+    """`Rational.forward` of x [B, ...] with row b's coefficients from acts[bank of row b] (`rows` maps
+    per-bank stacked tensors to rows): the same elementwise operations, coefficients broadcast per row."""
+    a0 = acts[0]
+    ct = torch.promote_types(x.dtype, torch.float32)
+    xc = x.to(ct)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    num = rows([r.numerator.to(ct) for r in acts]).unbind(1)
+    den = rows([r.denominator.to(ct) for r in acts]).unbind(1)
+
+    def polyval(cs, v):
+        y = torch.zeros_like(v) + cs[-1].view(shape)
+        for k in range(len(cs) - 2, -1, -1):
+            y = y * v + cs[k].view(shape)
+        return y
+
+    def rational(v):
+        return polyval(num, v) / (1.0 + (v * polyval(den, v)).abs())
+
+    if a0.bound is None:
+        return rational(xc).to(x.dtype)
+    c = a0.bound
+    y = rational(xc.clamp(-c, c))
+    edges = [r._edges(ct, x.device, r.numerator.to(ct), r.denominator.to(ct)) for r in acts]
+    v, s = rows([e[0] for e in edges]), rows([e[1] for e in edges])  # [B, 2]
+    y = torch.where(xc > c, v[:, 1].view(shape) + s[:, 1].view(shape) * (xc - c), y)
+    y = torch.where(xc < -c, v[:, 0].view(shape) + s[:, 0].view(shape) * (xc + c), y)
+    return y.to(x.dtype)
 
 
 def _pooler_kwargs(pooler: str, kw: dict | None, n_tokens: int) -> dict:
@@ -260,6 +302,7 @@ class GeneratorBank(nn.Module):
                 out_act = None if out_activation is None else make_activation(out_activation)
             gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act, skip_first=pool_skip_first))
         self.generators = nn.ModuleList(gens)
+        self._mask_cache = None  # (mask, its version, pooling mask): `_pool_mask`
 
     @property
     def num_groups(self) -> int:
@@ -278,7 +321,78 @@ class GeneratorBank(nn.Module):
         return self.generators[self._pos(layer_idx)]
 
     def forward(self, layer_idx: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.generators[self._pos(layer_idx)](x, mask)
+        gen = self.generators[self._pos(layer_idx)]
+        return gen(x, mask, self._pool_mask(mask) if gen.skip_first else mask)
+
+    def _pool_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """`Generator.skip_first_mask(mask)`, built once per batch: the injector passes the same mask
+        tensor to every layer's generator call, so the last result is kept for that tensor (identity and
+        in-place version checked; the strong reference keeps the identity from being reused)."""
+        c = self._mask_cache
+        if c is not None and c[0] is mask and c[1] == mask._version:
+            return c[2]
+        out = Generator.skip_first_mask(mask)
+        self._mask_cache = (mask, mask._version, out)
+        return out
+
+    @staticmethod
+    def forward_rows(banks: Sequence[GeneratorBank], layer_idx: int, x: torch.Tensor, mask: torch.Tensor,
+                     bank_of_row: torch.Tensor) -> torch.Tensor | None:
+        """Row b of `x` through `banks[bank_of_row[b]]` (several tenants' banks of one method) in one batched
+        pass instead of one call per bank: the tenants' weights of this layer are stacked and the
+        projections run as batched matmuls. Inference only (None with autograd on) and only for the
+        structure IAPT uses (down: Linear, attention pooler after it, rational / GELU / ReLU, up: Linear or
+        tied); None otherwise, and the caller loops. Equal to the per-bank calls up to float rounding."""
+        if torch.is_grad_enabled():
+            return None
+        gens = [b.generator(layer_idx) for b in banks]
+        g0 = gens[0]
+        act = type(g0.activation)
+        if not all(type(g) is Generator and not g.pool_first and type(g.pooler) is AttentionPooler
+                   and type(g.down) is nn.Linear and type(g.up) in (nn.Linear, TiedUp)
+                   and type(g.activation) is act and (g.down.bias is None) == (g0.down.bias is None)
+                   and (g.up.bias is None) == (g0.up.bias is None) and g.skip_first == g0.skip_first
+                   and g.n_tokens == g0.n_tokens and g.out_dim == g0.out_dim
+                   and type(g.out_activation) is type(g0.out_activation) for g in gens):
+            return None
+        if act is Rational:
+            if len({(g.activation.bound, g.activation.numerator.numel(), g.activation.denominator.numel())
+                    for g in gens}) != 1:
+                return None
+        elif act not in (nn.GELU, nn.ReLU) or (act is nn.GELU and len({g.activation.approximate for g in gens}) != 1):
+            return None
+        dt = g0.down.weight.dtype
+        x = x.to(dt)
+        pool_mask = banks[0]._pool_mask(mask) if g0.skip_first else mask
+        same = bank_of_row.numel() == len(gens) and bool(
+            (bank_of_row == torch.arange(len(gens), device=bank_of_row.device)).all())
+
+        def rows(ts):  # stacked per bank -> per row
+            t = torch.stack(ts)
+            return t if same else t.index_select(0, bank_of_row)
+
+        x0, m = x.masked_fill(~pool_mask.bool()[..., None], 0.0), pool_mask.bool()
+        wd = rows([g.down.weight for g in gens])  # [B, m, in]
+        q = rows([g.pooler.weight.to(dt) for g in gens])  # [B, m, l_sp]
+        u = torch.bmm(x0, torch.bmm(q.transpose(1, 2), wd).transpose(1, 2))  # [B, T, l_sp]
+        bd = rows([g.down.bias for g in gens]) if g0.down.bias is not None else None
+        if bd is not None:
+            u = u + torch.bmm(bd[:, None, :], q)
+        a = masked_softmax(u, m[..., None], dim=1)
+        z = torch.bmm(torch.bmm(a.transpose(1, 2), x0), wd.transpose(1, 2))  # [B, l_sp, m]
+        if bd is not None:
+            z = z + a.sum(1)[..., None] * bd[:, None, :]
+        if act is Rational:
+            z = _rational_rows(z, [g.activation for g in gens], rows)
+        else:
+            z = g0.activation(z)
+        wu = rows([g.up.weight if type(g.up) is nn.Linear else g.up.down[0].weight.t() for g in gens])  # [B, out, m]
+        y = torch.bmm(z, wu.transpose(1, 2))
+        if g0.up.bias is not None:
+            y = y + rows([g.up.bias for g in gens])[:, None, :]
+        if g0.out_activation is not None:
+            y = g0.out_activation(y)
+        return y.reshape(x.shape[0], g0.n_tokens, g0.out_dim)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count with shared modules counted once."""

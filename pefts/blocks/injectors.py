@@ -86,7 +86,11 @@ class _State:
         self.past = 0
         self.vectors: dict[int, torch.Tensor] = {}  # scaling: layer -> [B, dim] (kept for decode)
         self.reads: dict[int, torch.Tensor] = {}  # read layer -> hidden states at prefill
+        self.mults: dict[int, dict[str, torch.Tensor]] = {}  # scaling: layer -> multipliers (kept for decode)
+        self.hidden_mask = None  # soft prompts: (mask given, cache offset, q, mask built) of the current step
         self._groups = None
+        self._group_instr = None  # (instruction mask, its rows per tenant group): `group_instr`
+        self._group_inverse = self._group_of_row = None  # `group_inverse`, `group_of_row`
 
     @property
     def batch(self) -> int:
@@ -103,7 +107,7 @@ class _State:
             self.soft_start = self.soft_start.repeat_interleave(k, 0)
         if self.tenant is not None:
             self.tenant = self.tenant.repeat_interleave(k, 0)
-        self._groups = None
+        self._groups = self._group_instr = self._group_inverse = self._group_of_row = None
 
     def groups(self):
         """[(generator, rows)] per tenant present, or None for a single generator."""
@@ -113,6 +117,31 @@ class _State:
             present = torch.unique(self.tenant).tolist()
             self._groups = [(self.tenant_generators[t], (self.tenant == t).nonzero().squeeze(1)) for t in present]
         return self._groups
+
+    def group_of_row(self) -> torch.Tensor:
+        """[B] index of each row's group in `groups()`, built once."""
+        if self._group_of_row is None:
+            gi = torch.empty_like(self.tenant)
+            for j, (_, rows) in enumerate(self.groups()):
+                gi[rows] = j
+            self._group_of_row = gi
+        return self._group_of_row
+
+    def group_inverse(self) -> torch.Tensor:
+        """[B] position of each row in the groups' concatenated rows (`groups()` order), built once."""
+        if self._group_inverse is None:
+            order = torch.cat([rows for _, rows in self.groups()])
+            self._group_inverse = torch.empty_like(order).index_copy_(
+                0, order, torch.arange(order.numel(), device=order.device))
+        return self._group_inverse
+
+    def group_instr(self, instr: torch.Tensor) -> list[torch.Tensor]:
+        """`instr`'s rows of each tenant group (`groups()` order), selected once per batch: every chosen
+        layer's generator call gets the same instruction mask."""
+        c = self._group_instr
+        if c is None or c[0] is not instr:
+            c = self._group_instr = (instr, [instr.index_select(0, rows) for _, rows in self.groups()])
+        return c[1]
 
 
 def call_generator(gen, layer: int, hidden: torch.Tensor, instr: torch.Tensor) -> torch.Tensor:
@@ -225,6 +254,8 @@ class _Injector:
             return None
         cache = self._past.get(args, kwargs) if self._past is not None else None
         st.past = int(cache.get_seq_length()) if cache is not None else 0
+        assert not st.past or st.past >= st.instr.shape[1], (
+            f"a call starting at cache position {st.past} < prompt length {st.instr.shape[1]} is not supported")
         x = self._ids.get(args, kwargs)
         x = x if x is not None else self._emb.get(args, kwargs)
         if x.shape[0] != st.batch:
@@ -251,12 +282,17 @@ class _Injector:
         self.calls += 1
         if groups is None:
             return call_generator(self.generator, layer, hidden, instr)
-        out = None
-        for gen, rows in groups:
-            o = call_generator(gen, layer, hidden.index_select(0, rows), instr.index_select(0, rows))
-            out = o.new_zeros((hidden.shape[0], *o.shape[1:])) if out is None else out
-            out = out.index_copy(0, rows, o)
-        return out
+        if len(groups) == 1:  # one tenant in the batch: its generator on the batch as it is
+            return call_generator(groups[0][0], layer, hidden, instr)
+        gens = [g for g, _ in groups]
+        batched = getattr(type(gens[0]), "forward_rows", None)  # GeneratorBank: all tenants in one pass
+        if batched is not None and all(type(g) is type(gens[0]) for g in gens):
+            out = batched(gens, layer, hidden, instr, st.group_of_row())
+            if out is not None:
+                return out
+        outs = [call_generator(gen, layer, hidden.index_select(0, rows), instr_g)
+                for (gen, rows), instr_g in zip(groups, st.group_instr(instr))]
+        return torch.cat(outs, 0).index_select(0, st.group_inverse())  # one copy back to the batch's row order
 
     def _source(self, st: _State, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         if self.read_layer is None:
@@ -284,6 +320,7 @@ class SoftPromptInjector(_Injector):
         super().__init__(model, layers, generator, read_layer)
         assert n_tokens > 0, "n_tokens must be positive"
         self.n, self.position = n_tokens, position
+        self._chosen = frozenset(self.layers)
         wanted = set(self.layers) | set(range(self.layers[0]))
         if isinstance(read_layer, int):
             wanted.add(read_layer)
@@ -306,14 +343,14 @@ class SoftPromptInjector(_Injector):
 
     def _layer_pre(self, i: int, args, kwargs):
         st = self.state
-        if st is None:
-            return None
+        if st is None or (st.past and i >= self.layers[0]):
+            return None  # cached decode steps from the first chosen layer on: the soft tokens are in the cache
         hidden = self._hidden.get(args, kwargs)
         q = hidden.shape[1]
         prefill = self._is_prefill(st, q)
         if prefill and i == self.read_layer:
             st.reads[i] = hidden
-        if prefill and i in self.layers:
+        if prefill and i in self._chosen:
             soft = self._generate(i, self._source(st, i, hidden), self._instr_window(st, q))
             assert soft.shape == (hidden.shape[0], self.n, hidden.shape[2]), (
                 f"generator returned {tuple(soft.shape)}, expected {(hidden.shape[0], self.n, hidden.shape[2])}")
@@ -327,7 +364,16 @@ class SoftPromptInjector(_Injector):
 
     def _hide(self, st: _State, mask, q: int, hidden: torch.Tensor):
         """Mask the soft positions as keys for every query except the soft positions themselves (so no
-        row is left without keys), for one layer before the first chosen one."""
+        row is left without keys), for one layer before the first chosen one. Every such layer of one
+        backbone call gets the same mask, so it is built once per call (kept in the state)."""
+        c = st.hidden_mask
+        if c is not None and c[0] is mask and c[1] == st.past and c[2] == q:
+            return c[3]
+        out = self._build_hidden_mask(st, mask, q, hidden)
+        st.hidden_mask = (mask, st.past, q, out)
+        return out
+
+    def _build_hidden_mask(self, st: _State, mask, q: int, hidden: torch.Tensor):
         dev = hidden.device
         kv = mask.shape[-1] if mask is not None else st.past + q
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.ndim != 4):
@@ -346,7 +392,8 @@ class SoftPromptInjector(_Injector):
             keep = kpos[0][None, :] <= qpos[0][:, None] if self.arch.causal else torch.ones(q, kv, dtype=torch.bool,
                                                                                                device=dev)
             keep = keep[None, None] & ~hide
-            if self.base.config._attn_implementation == "eager":
+            if self.base.config._attn_implementation in ("eager", "sdpa"):  # additive: sdpa would convert a
+                # bool mask at every layer (built once per call here)
                 return torch.zeros(keep.shape, dtype=hidden.dtype, device=dev).masked_fill(
                     ~keep, torch.finfo(hidden.dtype).min)
             return keep
@@ -366,6 +413,7 @@ class ScalingInjector(_Injector):
         super().__init__(model, layers, generator, read_layer)
         self.dims = scaling_dims(model, targets)
         self.width = sum(self.dims.values())
+        self._chosen = frozenset(self.layers)
         self._cur: dict[int, dict[str, torch.Tensor]] = {}
         wanted = set(self.layers) | ({read_layer} if isinstance(read_layer, int) else set())
         self._register_layer_hooks(wanted, self._layer_pre)
@@ -410,21 +458,24 @@ class ScalingInjector(_Injector):
         st = self.state
         if st is None:
             return None
-        hidden = self._hidden.get(args, kwargs)
-        q = hidden.shape[1]
-        prefill = self._is_prefill(st, q)
-        if prefill and i == self.read_layer:
-            st.reads[i] = hidden
-        if i not in self.layers:
-            return None
-        if prefill:
+        if st.past:  # cached decode step: the multipliers prefill made, unchanged
+            if i not in self._chosen:
+                return None
+            mults = st.mults.get(i)
+            assert mults is not None, "no stored scaling vectors for this batch"
+        else:
+            hidden = self._hidden.get(args, kwargs)
+            q = hidden.shape[1]
+            assert self._is_prefill(st, q)
+            if i == self.read_layer:
+                st.reads[i] = hidden
+            if i not in self._chosen:
+                return None
             vec = self._generate(i, self._source(st, i, hidden), self._instr_window(st, q))
             assert vec.shape == (hidden.shape[0], 1, self.width), (
                 f"generator returned {tuple(vec.shape)}, expected {(hidden.shape[0], 1, self.width)}")
             st.vectors[i] = vec[:, 0]
-        vec = st.vectors.get(i)
-        assert vec is not None and vec.shape[0] == hidden.shape[0], "no stored scaling vectors for this batch"
-        mults = self._multipliers(vec.to(hidden.dtype))
+            mults = st.mults[i] = self._multipliers(vec[:, 0].to(hidden.dtype))
         self._cur[i] = mults
         # also through the layer's kwargs: activation checkpointing re-runs the layer's forward (not this
         # hook) in backward, and the attention module's pre-hook picks the multipliers up again there
@@ -432,12 +483,13 @@ class ScalingInjector(_Injector):
         return args, kwargs
 
     def _multipliers(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{hooked module path: its multiplier [B, 1, width]} from the rows' vectors [B, sum(dims)]."""
         pieces = dict(zip(self.dims, vec.split(list(self.dims.values()), dim=1)))
         out = {}
         for path, (_, parts, perm) in self._recipes.items():
             cols = [pieces[t] if t is not None else vec.new_ones(vec.shape[0], n) for t, n in parts]
             m = torch.cat(cols, 1) if len(cols) > 1 else cols[0]
-            out[path] = m[:, perm.to(m.device)] if perm is not None else m
+            out[path] = (m[:, perm.to(m.device)] if perm is not None else m)[:, None, :]
         return out
 
     def _attn_pre(self, i: int, args, kwargs):
@@ -454,7 +506,7 @@ class ScalingInjector(_Injector):
             return None
         if path == self._last:
             del self._cur[i]
-        return m[path][:, None, :]
+        return m[path]
 
     def _scale_out(self, i: int, path: str, out):
         m = self._take(i, path)

@@ -116,6 +116,25 @@ class AttentionPooler(nn.Module):
         a = masked_softmax(u, m[..., None], dim=1)  # over tokens
         return a.transpose(1, 2) @ x  # [B, l_sp, m]
 
+    def pool_projected(self, x: torch.Tensor, mask: torch.Tensor, down: nn.Linear) -> torch.Tensor:
+        """`self(down(x), mask)` without projecting every token (IAPT's inference path): with
+        h = x W^T + b, the scores are h W_sa = x (W^T W_sa) + b W_sa and the pool is
+        A^T h = (A^T x) W^T + (sum_t A_t) b, so the [T, in] x [in, m] projection of all tokens becomes
+        [in, m] x [m, l_sp] plus l_sp projected vectors. Equal up to float rounding (reassociated sums);
+        padded positions are zeroed and get weight exactly 0 as in `forward`; a row without any
+        instruction token gives zeros as there (sum_t A_t = 0)."""
+        x, m = _prepare(x, mask)
+        w = down.weight.to(x.dtype)  # [m, in]
+        q = self.weight.to(x.dtype)  # [m, l_sp]
+        wq = q.t() @ w  # [l_sp, in] = (W^T W_sa)^T, contiguous: F.linear's fast layout
+        b = None if down.bias is None else down.bias.to(x.dtype)
+        u = nn.functional.linear(x, wq, None if b is None else b @ q)  # [B, T, l_sp]
+        a = masked_softmax(u, m[..., None], dim=1)  # over tokens
+        p = nn.functional.linear(a.transpose(1, 2) @ x, w)  # [B, l_sp, m]
+        if b is not None:
+            p = p + a.sum(1)[..., None] * b
+        return p
+
 
 class CapsulePooler(nn.Module):
     """PARADE's attentional capsule pooler (parade.txt eqs. 7-10).
@@ -175,6 +194,8 @@ class CapsulePooler(nn.Module):
         return s * (sq / (1.0 + sq)) / torch.sqrt(sq + self.eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_inference(x, mask)
         x, m = _prepare(x, mask)
         w = self.weight.to(x.dtype)
         pred = torch.einsum("btd,kdc->btkc", x, w)  # m_{j->k}: [B, T, K, d_cap]
@@ -189,6 +210,27 @@ class CapsulePooler(nn.Module):
                 logits = logits + torch.einsum("bkc,btkc->btk", caps, pred)
             n = masked_softmax(logits, valid, dim=1)  # over tokens j
             caps = self.squash(torch.einsum("btk,btkc->bkc", n, pred))  # [B, K, d_cap]
+        return caps.reshape(x.shape[0], 1, self.out_dim)
+
+    def _forward_inference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward` without autograd, in a third of the ops (einsum expands into permutes, copies and bmm
+        calls; on a width-12 input those dominate): the same sums as one matmul and elementwise reductions,
+        equal up to float rounding."""
+        x, m = _prepare(x, mask)
+        K, C = self.num_capsules, self.capsule_dim
+        w = self.weight.to(x.dtype)  # [K, d, d_cap]
+        pred = (x @ w.permute(1, 0, 2).reshape(w.shape[1], K * C)).view(*x.shape[:2], K, C)  # m_{j->k}
+        if self.routing_query is None:
+            logits = pred.new_zeros(pred.shape[:3])
+        else:
+            logits = x @ self.routing_query.to(x.dtype).t()  # [B, T, K]
+        valid = m[..., None]
+        caps = None
+        for step in range(self.routing_iters + 1):
+            if step > 0:
+                logits = logits + (pred * caps[:, None]).sum(-1)
+            n = masked_softmax(logits, valid, dim=1)
+            caps = self.squash((n[..., None] * pred).sum(1))  # [B, K, d_cap]
         return caps.reshape(x.shape[0], 1, self.out_dim)
 
 

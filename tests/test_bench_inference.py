@@ -1,0 +1,297 @@
+"""Tests of the inference benchmark (scripts/bench_inference.py) on the tiny backbone: the timed path generates
+exactly what plain `generate` and an untouched build generate, mixed-tenant batches give every row what its
+tenant gives alone, every mode runs end to end and writes well-formed JSON / markdown / PNG, bad options exit 2.
+
+    .venv/bin/python -m pytest tests/test_bench_inference.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from core.errors import exit_on_user_error
+from scripts import bench_inference as B
+
+PROMPT = 64  # instruction tokens kept in these tests (byte-level tokenizer: 977 in full)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def options(mode="table4", *extra):
+    return B.parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    o = options()
+    backbone, tok, _ = B.load(o)
+    return o, backbone, tok
+
+
+def _rows(tok, o, lengths):
+    prompt = B.instruction(tok, o)
+    return B.batch_of([prompt[:n] for n in lengths], tok.pad_token_id, "cpu")
+
+
+# ----------------------------------------------------------------------------------------- timed path = plain
+@pytest.mark.parametrize("beams", [1, 3])
+def test_timed_path_generates_what_plain_and_untouched_generate(tiny, beams):
+    o, backbone, tok = tiny
+    ids, mask = _rows(tok, o, [PROMPT])
+    kw = B.gen_kwargs(tok, o.new_tokens, beams)
+    models = {m: B.build_method(m, backbone, o) for m in o.methods}  # all on one shared backbone
+    for m, model in models.items():
+        clock = B.StepClock(B.causal_lm(model), cuda=False)
+        timed, t = B.timed_generate(model, clock, ids, mask, kw)
+        clock.remove()
+        assert timed.shape == (1, o.new_tokens) and t.total_s >= t.ttft_s > 0 and t.decode_s > 0
+        with torch.no_grad():
+            plain = model.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
+            fresh_backbone = B.load(o)[0]  # seeded: the same weights, no sharing, no hooks
+            untouched = B.build_method(m, fresh_backbone, o, share=False)
+            alone = untouched.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
+        assert torch.equal(timed, plain), m
+        assert torch.equal(timed, alone), m
+    # the methods' perturbed modules really act (the comparison above is not bare vs bare)
+    with torch.no_grad():
+        bare = backbone(input_ids=ids, attention_mask=mask).logits
+        for m in ("lora", "iapt", "parade", "idspam"):
+            assert not torch.allclose(models[m](input_ids=ids, attention_mask=mask).logits, bare, atol=1e-4), m
+
+
+# ------------------------------------------------------------------------------------- mixed-tenant batches
+@pytest.mark.parametrize("method", ["iapt", "parade", "lora"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_mixed_tenant_rows_equal_each_tenant_alone(tiny, method, beams):
+    o, backbone, tok = tiny
+    model = B.build_method(method, backbone, o)
+    names = B.add_tenants(model, 4, o)
+    assert len(set(names)) == 4 and B.tenant_bytes(model, names[-1]) == B.tenant_bytes(model) > 0
+    lengths = [PROMPT, 40, PROMPT - 8, 48]  # left-padded rows of different lengths
+    ids, mask = _rows(tok, o, lengths)
+    kw = B.gen_kwargs(tok, o.new_tokens, beams)
+    clock = B.StepClock(B.causal_lm(model), cuda=False)
+    mixed, _ = B.timed_generate(model, clock, ids, mask, kw, B.routing(model, names))
+    clock.remove()
+    with torch.no_grad():
+        for k, name in enumerate(names):
+            one_ids, one_mask = _rows(tok, o, [lengths[k]])
+            if B.is_peft_lora(model):
+                model.set_adapter(name)
+                alone = model.generate(input_ids=one_ids, attention_mask=one_mask, **kw)
+                model.set_adapter("default")
+            else:
+                alone = model.generate(input_ids=one_ids, attention_mask=one_mask, tenant_ids=[name], **kw)
+            assert torch.equal(mixed[k], alone[0, one_ids.shape[1]:]), (method, name)
+        # the tenants are distinct: the same prompt gives different logits under tenants 0 and 1
+        two_ids, two_mask = ids[:1].repeat(2, 1), mask[:1].repeat(2, 1)
+        logits = model(input_ids=two_ids, attention_mask=two_mask, **B.routing(model, names[:2])).logits
+        assert not torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_family_plain_path_equals_default_tenant(tiny):
+    o, backbone, tok = tiny
+    model = B.build_method("iapt", backbone, o)
+    B.add_tenants(model, 2, o)
+    ids, mask = _rows(tok, o, [PROMPT])
+    kw = B.gen_kwargs(tok, o.new_tokens, 1)
+    with torch.no_grad():
+        assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, **kw),
+                           model.generate(input_ids=ids, attention_mask=mask, tenant_ids=["default"], **kw))
+
+
+# ------------------------------------------------------------------------------------------ end to end
+def _run(tmp_path, mode, *extra):
+    o = B.parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", f"out={tmp_path}",
+                 f"figures={tmp_path / 'fig'}", *extra])
+    res, paths = B.run(o)
+    assert all(os.path.exists(p) for p in paths), paths
+    data = json.loads(open(paths[0], encoding="utf-8").read())
+    md = open(paths[1], encoding="utf-8").read()
+    assert data["mode"] == mode and data["backbone"] == "tiny" and data["provenance"]["packages"]["torch"]
+    return data, md, paths
+
+
+def _is_summary(s):
+    return set(s) == {"median", "q1", "q3", "min", "max", "n"} and s["n"] >= 1 and s["min"] <= s["median"] <= s["max"]
+
+
+def test_table4_end_to_end(tmp_path):
+    data, md, paths = _run(tmp_path, "table4")
+    assert paths[0].endswith("table4_tiny_quick.json") and paths[1].endswith("table4_tiny_quick.md")
+    assert set(data["results"]) == {"beam1", "beam3"}
+    for cells in data["results"].values():
+        assert list(cells) == B.DEFAULT_METHODS["table4"]
+        for c in cells.values():
+            for key in ("tps", "ttft_s", "decode_s_per_token"):
+                assert _is_summary(c[key]) and c[key]["median"] > 0
+            for key in ("tps", "ttft", "decode"):
+                assert _is_summary(c["ratio_to_bare"][key])
+            assert c["memory"]["peak_mib"] >= c["memory"]["model_mib"] > 0 and c["memory"]["generate_peak_mib"] > 0
+            assert len(c["raw"]["total_s"]) == data["options"]["rounds"]
+        assert cells["bare"]["ratio_to_bare"]["tps"]["median"] == 1.0
+    assert data["prompt"]["tokens"] == PROMPT and data["prompt"]["tokens_seen"]["iapt"] == PROMPT + 4
+    assert data["methods"]["lora"]["own_bytes"] > 0 and data["methods"]["bare"]["own_bytes"] == 0
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(lines) == 1 + 2 * len(B.DEFAULT_METHODS["table4"])  # header + one row per method and beam
+    assert all(ln.count("|") == lines[0].count("|") for ln in lines)
+    assert "| iapt | 1 |" in md and "| 34.4 |" in md and "| 14616 |" in md  # the paper's numbers beside ours
+
+
+def test_tenants_end_to_end(tmp_path):
+    data, md, paths = _run(tmp_path, "tenants")
+    assert paths[2].endswith("bench_tenants_tiny_quick.png")
+    assert set(data["results"]) == {"beam1/B1", "beam1/B4"}
+    for cells in data["results"].values():
+        assert list(cells) == B.DEFAULT_METHODS["tenants"]
+        assert all(_is_summary(c["ratio_to_bare"]) and _is_summary(c["ratio_to_lora"]) for c in cells.values())
+    assert data["methods"]["iapt"]["tenant_bytes"] > 0 and data["methods"]["iapt"]["tenants"] == 4
+    assert "| 1 | 4 | iapt |" in md
+
+
+def test_stream_end_to_end(tmp_path):
+    data, md, _ = _run(tmp_path, "stream")
+    assert set(data["results"]) == {"N1", "N4"} and data["stream"]["rate_per_s"] > 0
+    for cells in data["results"].values():
+        for c in cells.values():
+            assert c["throughput_tps"]["median"] > 0 and c["p95_s"]["median"] >= c["p50_s"]["median"] > 0
+            assert 1 <= c["mean_batch"]["median"] <= 4
+    assert data["results"]["N4"]["lora"]["tenants_bytes_total"] == 4 * data["results"]["N4"]["lora"]["tenant_bytes"]
+    assert "| 4 | iapt |" in md
+
+
+def test_stream_is_fixed_seed_poisson():
+    a = B.make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
+    assert a == B.make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
+    assert all(x.arrival <= y.arrival for x, y in zip(a, a[1:])) and {r.tenant for r in a} <= set(range(16))
+    assert len({len(r.prompt) for r in a}) > 5 and min(len(r.prompt) for r in a) >= 16
+
+
+def test_rounds_rotate_the_order():
+    names = ["bare", "lora", "iapt"]
+    slots = [B.rotated(names, r) for r in range(3)]
+    assert all(sorted(s) == sorted(names) for s in slots)
+    assert all(len({s[i] for s in slots}) == 3 for i in range(3))  # every method in every slot once
+
+
+# -------------------------------------------------------------------------------------------- bad options
+@pytest.mark.parametrize("argv,needle", [
+    ([], "table4, tenants, stream"),
+    (["table5"], "'table5'"),
+    (["table4", "rounds=0"], "rounds=0"),
+    (["table4", "rounds=many"], "'many'"),
+    (["table4", "beams=1,x"], "beams="),
+    (["table4", "methods=bare,lorra"], "'lorra'"),
+    (["tenants", "methods=bare,ia3"], "'ia3'"),
+    (["table4", "methods=lora,iapt"], "'bare'"),
+    (["table4", "device=tpu"], "'tpu'"),
+    (["table4", "backbone=gpt5"], "'gpt5'"),
+    (["table4", "colour=red"], "colour=red"),
+])
+def test_bad_options_exit_2_with_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as e:
+        exit_on_user_error(B.main, argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+    assert "valid" in err[0] or "must" in err[0] or "is not" in err[0]
+
+
+# ------------------------------------------------------------- the speed fixes in pefts/blocks keep outputs
+def test_attention_pool_of_projected_equals_pool_after_projection():
+    from pefts.blocks.poolers import AttentionPooler
+
+    g = torch.Generator().manual_seed(0)
+    for bias in (True, False):
+        down = torch.nn.Linear(24, 16, bias=bias)
+        pool = AttentionPooler(16, 4, init_std=0.5)
+        x = torch.randn(3, 9, 24, generator=g) * 3
+        mask = torch.ones(3, 9, dtype=torch.bool)
+        mask[0, :4] = False  # left padding
+        mask[2] = False  # a row without instruction tokens gives zeros in both
+        x[0, 0] = float("nan")  # padded positions never influence the output
+        with torch.no_grad():
+            want, got = pool(down(x), mask), pool.pool_projected(x, mask, down)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got[2], torch.zeros_like(got[2]))
+
+
+def test_inference_paths_of_the_generators_equal_the_training_paths():
+    from pefts.blocks.generators import GeneratorBank
+
+    x = torch.randn(2, 11, 32, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 11, dtype=torch.bool)
+    mask[1, :3] = False
+    for kw in (dict(pooler="attention", activation="rational", pool_skip_first=True, bottleneck=16, out_dim=32,
+                    n_tokens=4, share_every=2),  # IAPT
+               dict(pooler="capsule", activation="gelu", bottleneck=12, out_dim=40, n_tokens=1, share_every=1,
+                    init="zero_up_ones_bias", init_dist="uniform", down_bias=False)):  # PARADE
+        bank = GeneratorBank(3, in_dim=32, **kw)
+        with torch.no_grad():
+            for p in bank.parameters():
+                p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+        for layer in range(3):
+            train = bank(layer, x, mask)  # autograd on: the papers' order of operations
+            with torch.no_grad():
+                infer = bank(layer, x, mask)
+            torch.testing.assert_close(infer, train.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_per_batch_caches_follow_their_inputs():
+    from pefts.blocks.activations import Rational
+    from pefts.blocks.generators import Generator, GeneratorBank
+
+    r = Rational()
+    x = torch.linspace(-12, 12, 97)
+    with torch.no_grad():
+        r(x)
+        r.numerator.add_(0.01)  # in place: the cached edge values must not survive
+        got = r(x)
+    fresh = Rational(r.numerator.tolist(), r.denominator.tolist())
+    torch.testing.assert_close(got, fresh(x).detach(), atol=0, rtol=0)
+    bank = GeneratorBank(2, 1, in_dim=8, bottleneck=4, out_dim=8, n_tokens=2, pool_skip_first=True)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    h = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        bank(0, h, mask)
+        mask[0, :2] = False  # the same tensor changed in place
+        got = bank(1, h, mask)
+        want = bank.generators[1](h, mask, Generator.skip_first_mask(mask))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kw", [dict(activation="rational", pool_skip_first=True),
+                                dict(activation="gelu", tie_up_down=True, out_dim=32),
+                                dict(activation="relu", down_bias=False)])
+def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
+    from pefts.blocks.generators import GeneratorBank
+
+    kw = {"out_dim": 24, **kw}
+    banks = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        bank = GeneratorBank(2, 1, in_dim=32, bottleneck=16, n_tokens=4, pooler="attention", **kw)
+        with torch.no_grad():  # distinct tenants, rational coefficients included
+            for p in bank.parameters():
+                p.add_(0.05 * torch.randn(p.shape))
+        banks.append(bank)
+    x = torch.randn(5, 9, 32, generator=torch.Generator().manual_seed(7))
+    mask = torch.ones(5, 9, dtype=torch.bool)
+    mask[1, :4] = False
+    of_row = torch.tensor([2, 0, 2, 1, 0])
+    with torch.no_grad():
+        got = GeneratorBank.forward_rows(banks, 1, x, mask, of_row)
+        want = torch.cat([banks[int(b)](1, x[i:i + 1], mask[i:i + 1]) for i, b in enumerate(of_row)])
+    assert got is not None
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert GeneratorBank.forward_rows(banks, 1, x, mask, of_row) is None  # training keeps the plain loop
