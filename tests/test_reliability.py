@@ -208,7 +208,12 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method, c
     assert "resuming from" in caplog.text
     assert resumed["metrics"] == ref["metrics"]
     assert resumed["dev"] == ref["dev"]
-    assert resumed["curve"] == ref["curve"]
+    # the curve entries before the kill were computed in another process: equal up to float rounding
+    # (a last-digit difference in the step-0 dev loss was seen once in CI; the metrics above are exact)
+    for part in ("train", "dev"):
+        assert [sorted(e) for e in resumed["curve"][part]] == [sorted(e) for e in ref["curve"][part]]
+        for a, b in zip(resumed["curve"][part], ref["curve"][part]):
+            assert a["step"] == b["step"] and a == pytest.approx(b, rel=1e-6), (part, a, b)
     assert not record.with_suffix(".ckpt").exists(), "checkpoints of a finished run are pruned"
 
 
