@@ -40,3 +40,15 @@ def tmp_results(tmp_path, monkeypatch):
     """A private results folder for runs made by a test."""
     monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "runs"))
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one intra-op thread is far faster than contended multi-threading on shared CPUs.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`; the count is restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -19,12 +19,7 @@ from scripts import bench_inference as B
 PROMPT = 64  # instruction tokens kept in these tests (byte-level tokenizer: 977 in full)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def options(mode="table4", *extra):

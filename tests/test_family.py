@@ -24,13 +24,7 @@ V = 50  # vocab of the hand-built configs
 GEN = dict(do_sample=False, pad_token_id=0, eos_token_id=None, output_scores=True, return_dict_in_generate=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one intra-op thread is far faster than contended multi-threading on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class MeanGen(nn.Module):
