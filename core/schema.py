@@ -59,6 +59,9 @@ class RunnerConfig:
     eval_batch_size: int = 16  # rows per generation/eval batch
     # also generate on dev with the best checkpoint and score it ("dev-best metrics")
     dev_generation: bool = True
+    # score the test split; false for selection runs (a learning-rate grid on dev, scripts/table.py): their
+    # records carry dev results only, empty test metrics, and are never aggregated into a table
+    eval_test: bool = True
     # also score the untrained backbone on test (a reference row in the printed table)
     zero_shot: bool = False
     max_train_examples: int | None = None  # cap on training rows (null = all)
@@ -106,6 +109,10 @@ class RunConfig:
     # a folder laid out like ../shared/data: without data_dir, a run reads <data_root>/<task.local_dir>
     # (so one sweep can span tasks); null = data_dir decides
     data_root: str | None = None
+    # table experiments (scripts/table.py): learning rates tried for each method (seed 0, the grid's first task,
+    # runner.eval_test=false) before the table; each method's cells use the one with the lowest best dev loss.
+    # null = runner.lr for every method
+    lr_grid: list[float] | None = None
     # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
     force: bool = False  # rerun even if the result file exists

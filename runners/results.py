@@ -57,11 +57,19 @@ def result_path(cfg, cell: str | None = None) -> str:
 # keys added after records existed, with the value every older record was computed with
 # ("group.key", or "group.key@name" for a key of one method or task only)
 ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False,
-               "runner.adam_beta1": 0.9, "runner.adam_beta2": 0.999, "runner.adam_epsilon": 1e-8}
+               "runner.adam_beta1": 0.9, "runner.adam_beta2": 0.999, "runner.adam_epsilon": 1e-8,
+               "runner.eval_test": True}
+
+
+# The runner keys that change what an untrained backbone's zero-shot row computes (it trains nothing, so the
+# learning rate, steps, batch ... of the run that wrote it do not matter: cells with per-method learning rates
+# share one zero-shot row).
+ZERO_SHOT_RUNNER = ("scoring", "num_beams", "max_seq_len", "max_test_examples", "dtype")
 
 
 def comparable(config: dict, drop_method: bool = False) -> dict:
-    """The part of a resolved config that identifies what a run computes."""
+    """The part of a resolved config that identifies what a run computes; `drop_method` for a zero-shot row
+    (no method, and of the runner only ZERO_SHOT_RUNNER)."""
     out = {}
     for group, value in config.items():
         if group in NOT_COMPARED or (drop_method and group == "method"):
@@ -73,6 +81,8 @@ def comparable(config: dict, drop_method: bool = False) -> dict:
                 g, _, k = path.partition(".")
                 if g == group and (not only or value.get("name") == only):
                     value.setdefault(k, old)
+            if drop_method and group == "runner":
+                value = {k: v for k, v in value.items() if k in ZERO_SHOT_RUNNER}
         out[group] = value
     return out
 

@@ -482,7 +482,7 @@ def _run(cfg, config: dict, path: str) -> dict:
     model.to(device)
     if runner.zero_shot and encoder:
         log.warning("runner.zero_shot: no zero-shot row for an encoder (its new classification head is random)")
-    elif runner.zero_shot and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
+    elif runner.zero_shot and runner.eval_test and int(os.environ.get("RANK", "0")) == 0:  # one process writes it
         zs = zero_shot(cfg, model, tok, splits, device, config, task.protocol)
         log.info("zero-shot %s: %s", cfg.task.name, zs["metrics"])
         if eval_only:
@@ -555,8 +555,8 @@ def _run(cfg, config: dict, path: str) -> dict:
     if runner.dev_generation:
         dev_preds = predictions(model, tok, task, splits["dev"], cfg.task, runner, device, split="dev")
         dev.update(task.score(dev_preds, splits["dev"]))
-    test_preds = predictions(model, tok, task, splits["test"], cfg.task, runner, device)
-    metrics = task.score(test_preds, splits["test"])
+    test_preds = predictions(model, tok, task, splits["test"], cfg.task, runner, device) if runner.eval_test else None
+    metrics = task.score(test_preds, splits["test"]) if runner.eval_test else {}  # a selection run: dev only
     record = {
         "schema": R.SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
         "method": cfg.method.name, "variant": cfg.variant, "cell": cell, "seed": cfg.seed, "status": "ok",
@@ -575,7 +575,8 @@ def _run(cfg, config: dict, path: str) -> dict:
             save_peft(model, path.replace(".json", ".peft.safetensors"))
             record["peft_weights"] = os.path.basename(path.replace(".json", ".peft.safetensors"))
     if is_main:
-        R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
+        if test_preds is not None:
+            R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(splits["test"], test_preds))
         R.write_json(path, record)
     if runner.resume and is_main:
         C.remove(C.ckpt_root(path))  # the record is written: its checkpoints are no longer needed
