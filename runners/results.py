@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from core.errors import UserError
 
 SCHEMA_VERSION = 1
+ZERO_SHOT = "zero-shot"  # cell name of the untrained-backbone reference row (runners/train.py writes it)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).

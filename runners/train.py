@@ -41,7 +41,7 @@ from runners.scoring import SCORINGS, check_labels, predict_head, predict_likeli
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)
-ZERO_SHOT = "zero-shot"  # cell name of the untrained-backbone reference row
+ZERO_SHOT = R.ZERO_SHOT
 
 
 def resolve_device(name: str) -> str:

@@ -12,6 +12,11 @@ that overrides method fields per cell, e.g. IAPT-1..7; `backbone: x,y` renders o
 Paper columns without a public data set (PARA's HSM10K, Q2SQL) show as `missing (not public: ...)`. The paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
 and the proposed method (paired tests) is the paper's own. Finished runs are reused (run.py skips them);
 the rendered table goes to results/tables/<experiment>.{md,csv}.
+
+An experiment with `lr_grid` (the CPU-scale tables) first chooses each method's learning rate: one run per
+(method, rate) on the grid's first task and first seed, dev split only (`runner.eval_test=false`, records
+under <results_dir>/lr_search/, never aggregated); each method's cells then run with the rate of the lowest
+best dev loss (ties: the smaller rate), and the table's notes list the grid, the dev losses and the choice.
 """
 
 from __future__ import annotations
@@ -95,6 +100,76 @@ def plan(cfg, axes: dict[str, list[str]]) -> dict:
     return {"runs": runs, "cells": cells, "tasks": axes["task"], "backbones": backbones}
 
 
+def lr_str(lr) -> str:
+    """A learning rate as run.py's `${runner.lr}` writes it into a variant name (0.001, 3e-05)."""
+    return str(float(lr))
+
+
+def search_overrides(cfg, axes: dict[str, list[str]]) -> list[str]:
+    """run.py overrides of the learning-rate search (one multirun over methods x lr_grid): the grid's first
+    task and seed, dev only, cells named <method>-lr<rate> under <results_dir>/lr_search."""
+    return [f"method={','.join(axes['method'])}", f"runner.lr={','.join(lr_str(x) for x in cfg.lr_grid)}",
+            f"task={axes['task'][0]}", f"seed={axes['seed'][0]}", "runner.eval_test=false", "runner.zero_shot=false",
+            f"results_dir={os.path.join(cfg.results_dir, 'lr_search')}", "variant=${method.name}-lr${runner.lr}"]
+
+
+def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
+    """The learning-rate search's runs (as `plan`'s) and, per method, its choice: None without `lr_grid`."""
+    if not cfg.get("lr_grid"):
+        return None
+    if axes.get(ABLATION) or axes.get("variant"):
+        raise UserError("lr_grid chooses a learning rate per method: it needs a grid of methods, not of "
+                        f"{ABLATION if axes.get(ABLATION) else 'variant'} cells")
+    from runners import results as R
+
+    root = os.path.join(cfg.results_dir, "lr_search")
+    task, seed = axes["task"][0], int(axes["seed"][0])
+    runs, losses = [], {}
+    for method, lr in itertools.product(axes["method"], cfg.lr_grid):
+        path = os.path.join(root, cfg.backbone.name, task, f"{method}-lr{lr_str(lr)}", f"seed{seed}.json")
+        state, wall = "to run", None
+        if os.path.exists(path):
+            try:
+                rec = R.read_record(path)
+                if rec.get("status") == "ok":
+                    state, wall = "done", rec.get("wall_time_s")
+                    losses.setdefault(method, {})[float(lr)] = float(rec["dev"]["loss"])
+                else:
+                    state = "failed"
+            except R.CorruptRecord:
+                state = "corrupt"
+        elif os.path.exists(R.failed_path(path)):
+            state = "failed"
+        runs.append({"cell": f"{method}-lr{lr_str(lr)}", "state": state, "wall": wall})
+    chosen = {m: min(d, key=lambda lr: (d[lr], lr)) for m, d in losses.items()
+              if len(d) == len(cfg.lr_grid)}  # a choice needs the whole grid
+    return {"runs": runs, "losses": losses, "chosen": chosen, "task": task, "seed": seed,
+            "grid": [float(x) for x in cfg.lr_grid]}
+
+
+def search_notes(search: dict) -> list[str]:
+    """The table's notes on the learning-rate choice."""
+    grid = ", ".join(lr_str(x) for x in search["grid"])
+    out = [f"Learning rate per method, chosen on {search['task']} dev (seed {search['seed']}; no test rows read) "
+           f"from [{grid}] by the lowest best dev loss:"]
+    for method, d in search["losses"].items():
+        per = " / ".join(f"{lr_str(lr)}: {d[lr]:.3f}" if lr in d else f"{lr_str(lr)}: –" for lr in search["grid"])
+        pick = search["chosen"].get(method)
+        out.append(f"{method}: lr {lr_str(pick) if pick else 'not chosen yet'} (best dev loss at each rate: {per})")
+    return out
+
+
+def describe_search(search: dict) -> str:
+    runs = search["runs"]
+    done = sum(r["state"] == "done" for r in runs)
+    walls = [r["wall"] for r in runs if r["wall"]]
+    left = len(runs) - done
+    est = (f"; about {left * statistics.median(walls) / 3600:.1f} h left" if walls and left else "")
+    return (f"learning-rate search: {len(runs)} runs ({len(runs) // max(1, len(search['grid']))} methods x "
+            f"{len(search['grid'])} rates, {search['task']} dev, seed {search['seed']}): {done} done, "
+            f"{left} to run{est}")
+
+
 def describe(experiment: str, p: dict) -> str:
     runs = p["runs"]
     count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
@@ -110,9 +185,18 @@ def describe(experiment: str, p: dict) -> str:
             f"{count['failed'] + count['corrupt']} failed or corrupt, {count['to run']} to run; {est}")
 
 
-def render_table(experiment: str, cfg, p: dict, out_dir: str) -> str:
+def budget_note(cfg) -> str:
+    r = cfg.runner
+    return (f"Budget: {r.max_steps} steps x {r.batch_size} rows, dev loss every {r.eval_steps} steps on "
+            f"{r.max_dev_examples} dev rows (best restored), test answers by `{r.scoring}`"
+            + (f" (beam {r.num_beams})" if r.scoring == "generate" else "")
+            + f", first {r.max_test_examples} test rows.")
+
+
+def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = ()) -> str:
     import pandas as pd
 
+    from runners import results as R
     from runners.aggregate import atomic_write_text, scan
     from runners.tables import TableSpec, paper_numbers, render
 
@@ -123,8 +207,10 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str) -> str:
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (
             " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
-        spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=p["cells"], proposed=PROPOSED[paper],
-                         backbone=backbone, title=title, unavailable=not_public(paper, number))
+        cells = p["cells"] + ([R.ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
+        spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=cells, proposed=PROPOSED[paper],
+                         backbone=backbone, title=title, unavailable=not_public(paper, number),
+                         notes=([budget_note(cfg)] if cpu else []) + list(notes))
         df, md = render(spec, records, problems, paper_numbers(spec))
         dfs.append(df.assign(backbone=backbone))
         mds.append(md)
@@ -171,18 +257,36 @@ def main(argv: list[str]) -> None:
         raise UserError(f"run={opts['run']!r} must be true or false")
     extra = [f"results_dir={opts['results_dir']}"] if opts["results_dir"] else []
     cfg, axes = grid(experiment, extra)
+    launcher = [f"hydra/launcher={opts['launcher']}"] if opts["launcher"] else []
+    search = search_plan(cfg, axes)
     p = plan(cfg, axes)
+    if search:
+        print(describe_search(search), flush=True)
     print(describe(experiment, p), flush=True)
-    if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
+
+    def launch(*overrides: str) -> None:
         res = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--multirun", f"experiment={experiment}",
-                              "print_table=false", *extra,
-                              *([f"hydra/launcher={opts['launcher']}"] if opts["launcher"] else [])], cwd=ROOT)
+                              "print_table=false", *extra, *overrides, *launcher], cwd=ROOT)
         if res.returncode:
             print(f"error: the grid stopped (exit {res.returncode}); the table shows what is finished",
                   file=sys.stderr)
+
+    if opts["run"] == "true" and search and any(r["state"] != "done" for r in search["runs"]):
+        launch(*search_overrides(cfg, axes))
+        search = search_plan(cfg, axes)
+        print(describe_search(search), flush=True)
+    if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
+        if not search:
+            launch()
+        for method in axes["method"] if search else []:  # one multirun per method, at its chosen rate
+            if method not in search["chosen"]:
+                print(f"error: {method}: no learning rate chosen (its search runs are not all finished); "
+                      "its cells are not run", file=sys.stderr)
+            elif any(r["state"] != "done" for r in p["runs"] if r["cell"] == method):
+                launch(f"method={method}", f"runner.lr={lr_str(search['chosen'][method])}")
         p = plan(cfg, axes)
         print(describe(experiment, p))
-    print(render_table(experiment, cfg, p, opts["out"]))
+    print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else []))
     if any(r["state"] != "done" for r in p["runs"]) and opts["run"] == "true":
         raise SystemExit(1)
 

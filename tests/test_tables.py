@@ -95,14 +95,84 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
         (folder / "seed0.json").write_text(json.dumps(rec))
     table.main(["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
     out = capsys.readouterr().out
-    assert "iapt_table1_cpu: 48 runs (8 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 46 to run; " \
-           "about 7.7 h left at the median wall time of the finished runs (10 min)" in out
+    assert "learning-rate search: 21 runs (7 methods x 3 rates, sst2 dev, seed 0): 0 done, 21 to run" in out
+    assert "iapt_table1_cpu: 42 runs (7 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 40 to run; " \
+           "about 6.7 h left at the median wall time of the finished runs (10 min)" in out
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "NOT the paper's setting" in md
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing |" in md
     assert "| houlsby | missing | missing |" in md
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
+
+
+def _search_record(root, method: str, lr: str, loss: float) -> None:
+    import json
+
+    folder = root / "lr_search" / "smollm2-135m" / "sst2" / f"{method}-lr{lr}"
+    folder.mkdir(parents=True)
+    rec = {"schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": method, "variant": f"{method}-lr{lr}",
+           "cell": f"{method}-lr{lr}", "seed": 0, "status": "ok", "metrics": {}, "dev": {"loss": loss},
+           "params": {}, "config": {"method": {"name": method}}, "provenance": {}, "wall_time_s": 120.0, "curve": {}}
+    (folder / "seed0.json").write_text(json.dumps(rec))
+
+
+def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rate(tmp_path, monkeypatch, capsys):
+    """lr_grid: the search runs first (dev only, cells <method>-lr<rate>), each method's cells then run at
+    the rate of its lowest best dev loss (a tie goes to the smaller rate), a method without its whole
+    search is not run, and the table's notes give the grid, the losses and the choice."""
+    import subprocess
+
+    from scripts import table
+
+    runs = tmp_path / "runs"
+    for lr, loss in (("0.001", 0.30), ("0.003", 0.20), ("0.01", 0.25)):
+        _search_record(runs, "lora", lr, loss)
+    for lr, loss in (("0.001", 0.40), ("0.003", 0.40), ("0.01", 0.50)):
+        _search_record(runs, "iapt", lr, loss)
+    _search_record(runs, "parade", "0.001", 0.1)  # 1 of 3 rates: no choice
+    cfg, axes = table.grid("iapt_table1_cpu", [f"results_dir={runs}"])
+    search = table.search_plan(cfg, axes)
+    assert search["chosen"] == {"lora": 0.003, "iapt": 0.001}
+    assert sum(r["state"] == "done" for r in search["runs"]) == 7
+    assert table.describe_search(search).startswith("learning-rate search: 21 runs (7 methods x 3 rates, sst2 "
+                                                    "dev, seed 0): 7 done, 14 to run; about 0.5 h left")
+    notes = table.search_notes(search)
+    assert "lora: lr 0.003 (best dev loss at each rate: 0.001: 0.300 / 0.003: 0.200 / 0.01: 0.250)" in notes
+    assert "parade: lr not chosen yet (best dev loss at each rate: 0.001: 0.100 / 0.003: – / 0.01: –)" in notes
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd[2:]) or subprocess.CompletedProcess(cmd, 0))
+    with pytest.raises(SystemExit):  # nothing of the table itself finished
+        table.main(["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
+    common = ["--multirun", "experiment=iapt_table1_cpu", "print_table=false", f"results_dir={runs}"]
+    assert calls[0] == [*common, "method=lora,houlsby,lpt,parade,para,idspam,iapt", "runner.lr=0.001,0.003,0.01",
+                        "task=sst2", "seed=0", "runner.eval_test=false", "runner.zero_shot=false",
+                        f"results_dir={runs / 'lr_search'}", "variant=${method.name}-lr${runner.lr}"]
+    assert calls[1:] == [[*common, "method=lora", "runner.lr=0.003"], [*common, "method=iapt", "runner.lr=0.001"]]
+    err = capsys.readouterr().err
+    assert "error: parade: no learning rate chosen (its search runs are not all finished); its cells are not run" in err
+    md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
+    assert "- Learning rate per method, chosen on sst2 dev (seed 0; no test rows read) from [0.001, 0.003, 0.01]" in md
+    assert "- Budget: 30 steps x 8 rows, dev loss every 15 steps on 100 dev rows (best restored), test answers by " \
+           "`likelihood`, first 200 test rows." in md
+    assert "| zero-shot | missing | missing |" in md, "the untrained row of a CPU table"
+
+
+def test_search_overrides_name_each_cell_after_its_method_and_rate():
+    """The search's overrides, composed as run.py composes them: the variant interpolation gives each
+    (method, rate) its own cell, the test split is off, records go under lr_search/."""
+    from core.config import compose
+    from runners.results import cell_name
+    from scripts import table
+
+    cfg, axes = table.grid("iapt_table1_cpu")
+    over = dict(o.split("=", 1) for o in table.search_overrides(cfg, axes))
+    c = compose(["experiment=iapt_table1_cpu", "method=parade", "runner.lr=0.003", f"task={over['task']}",
+                 f"seed={over['seed']}", "runner.eval_test=false", f"results_dir={over['results_dir']}",
+                 f"variant={over['variant']}"])
+    assert cell_name(c) == "parade-lr0.003" and c.runner.eval_test is False
+    assert c.results_dir == "results/cpu/iapt_table1/lr_search"
 
 
 def test_rendered_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):

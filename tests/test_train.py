@@ -201,3 +201,35 @@ def test_dtype_auto_is_float32_on_cpu_and_recorded_resolved(tmp_results, monkeyp
     monkeypatch.undo()
     rec = run_cfg("method=lora", "task=synth-compare")
     assert rec["config"]["runner"]["dtype"] == "float32", "the record names the dtype it ran with"
+
+
+def test_selection_run_reads_no_test_split(tmp_results, monkeypatch):
+    """runner.eval_test=false (the learning-rate search): dev results only, no test predictions, no zero-shot
+    row (it reads test), and the record is never aggregated into a table."""
+    import runners.train as T
+    from runners.aggregate import scan
+
+    asked = []
+    real = T.predictions
+    monkeypatch.setattr(T, "predictions", lambda *a, **kw: asked.append(kw.get("split", "test")) or real(*a, **kw))
+    rec = run_cfg("seed=0", "runner.eval_test=false", "runner.zero_shot=true", "runner.dev_generation=true")
+    assert rec["metrics"] == {} and "loss" in rec["dev"] and "acc" in rec["dev"]
+    assert asked == ["dev"], "only the dev split is predicted"
+    cell = tmp_results / "tiny" / "synth-compare"
+    assert (cell / "lora" / "seed0.json").exists() and not (cell / "lora" / "seed0.predictions.jsonl").exists()
+    assert not (cell / "zero-shot").exists()
+    assert scan(str(tmp_results)) == ([], [])
+
+
+def test_zero_shot_row_is_shared_by_cells_with_other_learning_rates(tmp_results):
+    """The untrained row depends on how test answers are made, not on the training settings of the run that
+    wrote it: methods at their own learning rates (the CPU tables) share it; another prompt length does not."""
+    from runners.aggregate import scan
+
+    run_cfg("seed=0", "runner.zero_shot=true", "runner.lr=1e-3")
+    run_cfg("seed=0", "runner.zero_shot=true", "runner.lr=3e-3", "method=iapt")  # reuses the row
+    records, problems = scan(str(tmp_results))
+    assert not problems and sorted(r["cell"] for r in records) == ["iapt", "lora", "zero-shot"]
+    assert R.comparable(records[0]["config"], drop_method=True)["runner"].keys() == set(R.ZERO_SHOT_RUNNER)
+    with pytest.raises(Exception, match="different config"):
+        run_cfg("seed=0", "runner.zero_shot=true", "runner.max_seq_len=64", "method=iapt", "variant=x")
