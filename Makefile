@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the pinned dependencies
 
-run: $(STAMP)  ## offline main job: SmolLM2-135M, synthetic task, trained vs untrained table
-	$(RUN)
+run: $(STAMP)  ## offline main job: SmolLM2-135M, synthetic task: IAPT, LoRA and the untrained backbone in one table
+	$(RUN) experiment=main
 
 test: $(STAMP)  ## fast suite (CPU, < 15 min)
 	$(BIN)/python -m pytest

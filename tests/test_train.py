@@ -94,6 +94,17 @@ def test_cli_seed_range_then_aggregate_then_skip(tmp_path):
     assert again.returncode == 0 and again.stdout.count("skipped (exists)") == 2
 
 
+def test_main_job_is_one_table_of_iapt_lora_and_the_untrained_backbone(tmp_path):
+    """`make run` (experiment=main): one sweep over IAPT and LoRA at one budget, then a table with both and
+    the untrained row; shrunk here to the tiny backbone (the real job: SmolLM2-135M, conf/runner/offline.yaml)."""
+    env = {"HARNESS_RESULTS": str(tmp_path / "runs")}
+    out = cli("experiment=main", "backbone=tiny", "runner=debug", "runner.zero_shot=true", "logger=none",
+              "task=synth-compare", env_extra=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny | synth-compare |")]
+    assert [r.split(" | ")[2] for r in rows] == ["iapt", "lora", "zero-shot"], out.stdout[-2000:]
+
+
 @pytest.mark.parametrize(
     "arg, message",
     [("method=lorx", "unknown method 'lorx'; valid: "), ("task=rtee", "Did you mean 'rte'?"),
