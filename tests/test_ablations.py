@@ -11,7 +11,7 @@ from runners.backbones import load_backbone
 from scripts.params import count
 from tests.conftest import compose
 
-ABLATIONS = {  # iapt.txt Table 7, parade.txt Table 6, iapt.txt Fig. 2/3, id-spam.txt Fig. 2
+ABLATIONS = {  # iapt.txt Table 7, parade.txt Table 6, iapt.txt Fig. 2/3, id-spam.txt Fig. 2, Table 3
     "IAPT-1": ("method=iapt", "method.pooler=mean"),
     "IAPT-2": ("method=iapt", "method.share_every=16", "method.bottleneck=1024"),
     "IAPT-3": ("method=iapt", "method.share_every=1", "method.bottleneck=64"),
@@ -29,6 +29,7 @@ ABLATIONS = {  # iapt.txt Table 7, parade.txt Table 6, iapt.txt Fig. 2/3, id-spa
     "PARADE-4": ("method=parade", "method.targets=[q,v]", "method.bottleneck=24"),
     "IDSPAM-m0": ("method=idspam", "method.layer=0"),
     "IDSPAM-m3": ("method=idspam", "method.layer=3"),
+    "IDSPAM-mean": ("method=idspam", "method.pooler=mean"),  # id-spam.txt Table 3's Mean-pooling
 }
 
 
