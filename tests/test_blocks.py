@@ -232,6 +232,23 @@ def test_rational_gradients_reach_all_coefficients():
     assert torch.isfinite(x.grad).all()
 
 
+def test_rational_edge_cache_follows_every_write_to_the_coefficients():
+    """Without autograd the edge values are cached; any write to the coefficients (an optimizer step,
+    load_state_dict, `p.data.copy_()` which bumps no version counter) must give the fresh result."""
+    act = Rational()
+    x = torch.tensor([-30.0, 0.5, 30.0])
+    with torch.no_grad():
+        before = act(x)
+        act.numerator.data.copy_(act.numerator.data * 2)  # no _version bump
+        act.denominator.data[0] += 0.1
+        after = act(x)
+    fresh = Rational(act.numerator.tolist(), act.denominator.tolist())
+    assert torch.equal(after, fresh(x)) and not torch.allclose(before, after)
+    with torch.no_grad():
+        act.load_state_dict(Rational().state_dict())
+        assert torch.equal(act(x), before)
+
+
 def test_fit_script_reproduces_stored_coefficients():
     from scripts.fit_rational import fit
 

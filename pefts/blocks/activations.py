@@ -102,24 +102,26 @@ class Rational(nn.Module):
         self.numerator = nn.Parameter(torch.tensor(list(numerator), dtype=torch.float32))
         self.denominator = nn.Parameter(torch.tensor(list(denominator), dtype=torch.float32))
         self.bound = None if bound is None else float(bound)
-        self._edge_cache = None  # (key, values, slopes) at +-bound, reused while no gradient is needed
+        # ((dtype, device), numerator, denominator, values, slopes) at +-bound, reused while no gradient is needed
+        self._edge_cache = None
 
     def _edges(self, ct: torch.dtype, device, a: torch.Tensor, b: torch.Tensor):
         """R and dR/dx at -bound and +bound. They depend on the coefficients only, so without autograd
-        (inference) they are computed once per coefficient state (parameter version, storage, dtype) and
-        reused across calls; with autograd they are recomputed so gradients reach every a_j, b_i."""
+        (inference) they are computed once per coefficient values (compared with a copy of them, so any
+        write to the coefficients, `p.data.copy_()` included, invalidates the cache) and dtype, and reused
+        across calls; with autograd they are recomputed so gradients reach every a_j, b_i."""
         c = self.bound
         grad = torch.is_grad_enabled() and (self.numerator.requires_grad or self.denominator.requires_grad)
-        key = None
-        if not grad and not torch.is_inference_mode_enabled():
-            key = (ct, str(device), self.numerator._version, self.denominator._version,
-                   self.numerator.data_ptr(), self.denominator.data_ptr())
-            if self._edge_cache is not None and self._edge_cache[0] == key:
-                return self._edge_cache[1], self._edge_cache[2]
+        cache = not grad and not torch.is_inference_mode_enabled()
+        if cache and self._edge_cache is not None:
+            key, num, den, v, s = self._edge_cache
+            if (key == (ct, str(device)) and num.device == self.numerator.device and torch.equal(num, self.numerator)
+                    and torch.equal(den, self.denominator)):
+                return v, s
         edges = torch.tensor([-c, c], dtype=ct, device=device)
         v, s = rational(edges, a, b), rational_slope(edges, a, b)
-        if key is not None:
-            self._edge_cache = (key, v, s)
+        if cache:
+            self._edge_cache = ((ct, str(device)), self.numerator.detach().clone(), self.denominator.detach().clone(), v, s)
         return v, s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
