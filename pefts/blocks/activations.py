@@ -49,7 +49,8 @@ RATIONAL_GELU_MAX_ERROR = 4.3e-3
 
 
 def _polyval(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """coef[0] + coef[1] x + ... + coef[-1] x^(len-1), by Horner's rule (bounded intermediates)."""
+    """coef[0] + coef[1] x + ... + coef[-1] x^(len-1), by Horner's rule (bounded intermediates). coef is
+    [K], or [K, *shape] broadcasting against x (per-row coefficients: [K, B, 1, ...])."""
     c = coef.unbind(0)  # one op for all coefficients (not one select per step)
     y = torch.zeros_like(x) + c[-1]
     for k in range(len(c) - 2, -1, -1):
@@ -62,6 +63,20 @@ def rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor
     p = _polyval(numerator, x)
     q = x * _polyval(denominator, x)
     return p / (1.0 + q.abs())
+
+
+def bounded_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, bound: float | None,
+                     values: torch.Tensor | None = None, slopes: torch.Tensor | None = None) -> torch.Tensor:
+    """`Rational`'s function: eq. 3 inside [-bound, bound] (inputs clamped before the polynomials) and the
+    tangent at the nearer edge outside (`values`, `slopes`: R and dR/dx at -bound, +bound, leading dim 2).
+    The coefficients (and edges) are [K] (one activation) or [K, B, 1, ...] (row b of x with its own, the
+    tenant-per-row path): one implementation for both."""
+    if bound is None:
+        return rational(x, numerator, denominator)
+    c = bound
+    y = rational(x.clamp(-c, c), numerator, denominator)
+    y = torch.where(x > c, values[1] + slopes[1] * (x - c), y)
+    return torch.where(x < -c, values[0] + slopes[0] * (x + c), y)
 
 
 def rational_slope(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
@@ -127,14 +142,8 @@ class Rational(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ct = torch.promote_types(x.dtype, torch.float32)
         xc, a, b = x.to(ct), self.numerator.to(ct), self.denominator.to(ct)
-        if self.bound is None:
-            return rational(xc, a, b).to(x.dtype)
-        c = self.bound
-        y = rational(xc.clamp(-c, c), a, b)
-        v, s = self._edges(ct, x.device, a, b)
-        y = torch.where(xc > c, v[1] + s[1] * (xc - c), y)
-        y = torch.where(xc < -c, v[0] + s[0] * (xc + c), y)
-        return y.to(x.dtype)
+        v, s = self._edges(ct, x.device, a, b) if self.bound is not None else (None, None)
+        return bounded_rational(xc, a, b, self.bound, v, s).to(x.dtype)
 
     def extra_repr(self) -> str:
         m, n = self.numerator.numel() - 1, self.denominator.numel()

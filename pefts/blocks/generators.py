@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from pefts.blocks.activations import Rational, make_activation
+from pefts.blocks.activations import Rational, bounded_rational, make_activation
 from pefts.blocks.poolers import AttentionPooler, make_pooler, masked_softmax
 
 INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
@@ -159,32 +159,21 @@ class Generator(nn.Module):
 
 def _rational_rows(x: torch.Tensor, acts: Sequence[Rational], rows) -> torch.Tensor:
     """`Rational.forward` of x [B, ...] with row b's coefficients from acts[bank of row b] (`rows` maps
-    per-bank stacked tensors to rows): the same elementwise operations, coefficients broadcast per row."""
+    per-bank stacked tensors to rows [B, K]): `bounded_rational` with the coefficients laid out per row."""
     a0 = acts[0]
     ct = torch.promote_types(x.dtype, torch.float32)
-    xc = x.to(ct)
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    num = rows([r.numerator.to(ct) for r in acts]).unbind(1)
-    den = rows([r.denominator.to(ct) for r in acts]).unbind(1)
+    per_row = (x.shape[0],) + (1,) * (x.dim() - 1)
 
-    def polyval(cs, v):
-        y = torch.zeros_like(v) + cs[-1].view(shape)
-        for k in range(len(cs) - 2, -1, -1):
-            y = y * v + cs[k].view(shape)
-        return y
+    def lay(ts):  # per-bank [K] -> [K, B, 1, ...]
+        t = rows(ts)
+        return t.t().reshape(t.shape[1], *per_row)
 
-    def rational(v):
-        return polyval(num, v) / (1.0 + (v * polyval(den, v)).abs())
-
-    if a0.bound is None:
-        return rational(xc).to(x.dtype)
-    c = a0.bound
-    y = rational(xc.clamp(-c, c))
-    edges = [r._edges(ct, x.device, r.numerator.to(ct), r.denominator.to(ct)) for r in acts]
-    v, s = rows([e[0] for e in edges]), rows([e[1] for e in edges])  # [B, 2]
-    y = torch.where(xc > c, v[:, 1].view(shape) + s[:, 1].view(shape) * (xc - c), y)
-    y = torch.where(xc < -c, v[:, 0].view(shape) + s[:, 0].view(shape) * (xc + c), y)
-    return y.to(x.dtype)
+    num, den = lay([r.numerator.to(ct) for r in acts]), lay([r.denominator.to(ct) for r in acts])
+    v = s = None
+    if a0.bound is not None:
+        edges = [r._edges(ct, x.device, r.numerator.to(ct), r.denominator.to(ct)) for r in acts]
+        v, s = lay([e[0] for e in edges]), lay([e[1] for e in edges])
+    return bounded_rational(x.to(ct), num, den, a0.bound, v, s).to(x.dtype)
 
 
 def _pooler_kwargs(pooler: str, kw: dict | None, n_tokens: int) -> dict:
