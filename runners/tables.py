@@ -1,6 +1,7 @@
 """Render a paper table from run records: per cell our median over seeds, n, the spread, the paper's
 number and the difference, best and second best marked, missing and failed cells shown with the reason,
-and a paired test of every method against the table's proposed one on the seeds both have.
+a paired test of every method against the table's proposed one on the seeds both have, and (where the
+paper's table has one) a Mean column over the table's tasks.
 
     spec = TableSpec(paper="iapt", table=1, tasks=["sst2", "rte"], cells=["lora", "iapt"], proposed="iapt")
     df, md = render(spec, records, problems, paper_numbers(spec))
@@ -12,6 +13,7 @@ and a paired test of every method against the table's proposed one on the seeds 
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 import re
@@ -21,7 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-PAPER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", "paper")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAPER_DIR = os.path.join(ROOT, "results", "paper")
+BACKBONE_DIR = os.path.join(ROOT, "conf", "backbone")
+MEAN = "mean"  # the Mean column's task name: in the long table, the markdown header and paper_numbers' keys
+MEAN_HEADS = ("Mean", "AVG", "Average")  # the papers' headers of an average over the table's tasks
 
 
 @dataclass
@@ -36,6 +42,10 @@ class TableSpec:
     notes: list[str] = field(default_factory=list)  # printed under the table (lr grid, budgets, ...)
     # {paper column: reason} of the paper's columns with no harness task (no public data): shown as missing
     unavailable: dict[str, str] = field(default_factory=dict)
+    # the Mean column: per cell the mean of its task medians (the papers average their per-task numbers),
+    # only where every task has a result. None: shown when the paper numbers have a Mean (paper_numbers
+    # gives one only where the paper averages exactly these tasks); True / False: always / never
+    mean: bool | None = None
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -59,27 +69,65 @@ def paired(ours: dict[int, float], ref: dict[int, float], n_boot: int = 10_000, 
 
 
 # -- paper numbers -----------------------------------------------------------------------------------------
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+@functools.cache
+def _backbones() -> tuple[str, ...]:
+    return tuple(sorted(f[:-5] for f in os.listdir(BACKBONE_DIR) if f.endswith(".yaml")))
+
+
+def section_backbone(label: str, backbones: list[str] | None = None) -> tuple[str | None, str]:
+    """(the conf/backbone name its section names, the rest) of a paper row or column label whose part before
+    the first " / " names a backbone ("Results for GPT-2 large / LoRA" -> ("gpt2-large", "LoRA"), "GLUE
+    (RoBERTa-BASE Backbone) / LPT" -> ("roberta-base", "LPT")); (None, label) otherwise ("LoRA / 1").
+    A section names the backbone whose name, letters and digits only, it contains (the longest such)."""
+    section, sep, rest = label.partition(" / ")
+    if not sep:
+        return None, label
+    found = [b for b in (_backbones() if backbones is None else backbones) if _norm(b) and _norm(b) in _norm(section)]
+    return (max(found, key=len), rest) if found else (None, label)
+
+
 def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str, str], float]:
     """{(task, cell): the paper's number} through results/paper/names.csv (the paper's method and task
-    names -> harness names); empty when the table's CSV is not there."""
+    names -> harness names); empty when the table's CSV is not there. Where the table's rows (or columns)
+    are in sections per backbone (`section_backbone`), only `spec.backbone`'s section counts. The paper's
+    Mean (`MEAN_HEADS`) comes as (MEAN, cell) when the paper's task columns are exactly `spec.tasks`."""
     path = os.path.join(paper_dir, f"{spec.paper}_table{spec.table}.csv")
     names_path = os.path.join(paper_dir, "names.csv")
     if not os.path.exists(path) or not os.path.exists(names_path):
         return {}
-    names: dict[tuple[str, str], str] = {}
+    names: dict[tuple[str, str], str] = {}  # "" = a paper task (or method) with no harness counterpart
     with open(names_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            if row["paper"] == spec.paper and row["harness_name"]:
+            if row["paper"] == spec.paper:
                 names[(row["kind"], row["paper_name"])] = row["harness_name"]
-    out = {}
+
+    def task_of(column: str) -> str | None:
+        head = column.split(" / ")[0]
+        return next((names[("task", h)] for h in (column, head, re.sub(r"\s*\(.*\)$", "", head))
+                     if ("task", h) in names), None)  # "SST-2 (acc)" -> "SST-2"
+
+    out, means, paper_tasks = {}, {}, set()
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            cell = names.get(("method", row["row"]))
-            head = row["column"].split(" / ")[0]
-            task = next((names[("task", h)] for h in (row["column"], head, re.sub(r"\s*\(.*\)$", "", head))
-                         if ("task", h) in names), None)  # "SST-2 (acc)" -> "SST-2"
-            if cell and task and row["value"] not in ("", None) and (task, cell) not in out:
+            (row_bb, method), (col_bb, column) = section_backbone(row["row"]), section_backbone(row["column"])
+            if {row_bb, col_bb} - {None, spec.backbone}:
+                continue  # another backbone's number
+            cell = names.get(("method", method))
+            task = None if column in MEAN_HEADS else task_of(column)
+            if task is not None:
+                paper_tasks.add(task)
+            if not cell or row["value"] in ("", None):
+                continue
+            if column in MEAN_HEADS:
+                means.setdefault(cell, float(row["value"]))
+            elif task and (task, cell) not in out:
                 out[(task, cell)] = float(row["value"])
+    if paper_tasks == set(spec.tasks):  # the paper's Mean averages the tasks we average
+        out.update({(MEAN, cell): v for cell, v in means.items()})
     return out
 
 
@@ -93,11 +141,42 @@ def _scores(records, spec: TableSpec) -> dict[tuple[str, str], dict[int, float]]
     return out
 
 
+def _seed_means(scores, spec: TableSpec, cell: str) -> dict[int, float]:
+    """{seed: the mean over the table's tasks} on the seeds where `cell` has every task."""
+    per = [scores.get((t, cell), {}) for t in spec.tasks]
+    common = set.intersection(*(set(s) for s in per)) if per else set()
+    return {seed: statistics.fmean(s[seed] for s in per) for seed in sorted(common)}
+
+
+def _mean_rows(spec: TableSpec, rows: list[dict], scores, paper) -> list[dict]:
+    """The Mean column's long-table rows (task MEAN): median = the mean of the cell's task medians (NaN
+    unless every task has one), n = the fewest seeds behind a task median, seeds = those with every task,
+    problems = the tasks without a result; the paired test is on per-seed means over the tasks."""
+    by = {(r["task"], r["cell"]): r for r in rows}
+    out = []
+    ref = _seed_means(scores, spec, spec.proposed)
+    for cell in spec.cells:
+        lacking = [t for t in spec.tasks if by[(t, cell)]["n"] == 0]
+        seeds = _seed_means(scores, spec, cell)
+        row = {"task": MEAN, "cell": cell, "n": min((by[(t, cell)]["n"] for t in spec.tasks), default=0),
+               "seeds": ",".join(map(str, seeds)),
+               "median": math.nan if lacking or not spec.tasks else
+               statistics.fmean(by[(t, cell)]["median"] for t in spec.tasks),
+               "min": math.nan, "max": math.nan, "paper": paper.get((MEAN, cell), math.nan),
+               "problems": f"no result for {', '.join(lacking)}" if lacking else ""}
+        row["diff"] = row["median"] - row["paper"]
+        if cell != spec.proposed and seeds and ref:
+            row.update({f"vs_{k}": v for k, v in paired(seeds, ref).items()})
+        out.append(row)
+    return out
+
+
 def render(spec: TableSpec, records: list[dict], problems: list[dict],
            paper: dict[tuple[str, str], float] | None = None) -> tuple[pd.DataFrame, str]:
-    """(long table: one row per task x cell, markdown). Markdown cells: `median (min-max, n)`, paper
-    number and difference beside it, best **bold** and second <u>underlined</u> per column, `missing` or
-    `failed: <reason>` where there is no finished record, and the paired test against `spec.proposed`."""
+    """(long table: one row per task x cell, then the Mean's rows (task MEAN) where `spec.mean` asks for
+    them, markdown). Markdown cells: `median (min-max, n)`, paper number and difference beside it, best
+    **bold** and second <u>underlined</u> per column, `missing` or `failed: <reason>` where there is no
+    finished record, and the paired test against `spec.proposed`."""
     paper = paper or {}
     scores = _scores(records, spec)
     failed = {}
@@ -117,6 +196,8 @@ def render(spec: TableSpec, records: list[dict], problems: list[dict],
             if cell != spec.proposed and s and scores.get((task, spec.proposed)):
                 row.update({f"vs_{k}": v for k, v in paired(s, scores[(task, spec.proposed)]).items()})
             rows.append(row)
+    if spec.mean or (spec.mean is None and any(t == MEAN for t, _ in paper)):
+        rows += _mean_rows(spec, rows, scores, paper)
     df = pd.DataFrame(rows)
     return df, to_markdown(spec, df)
 
@@ -131,13 +212,30 @@ def _fmt(x: float, nd: int = 1) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def _marked(x: float, mark: str) -> str:
+    return {"best": f"**{_fmt(x)}**", "second": f"<u>{_fmt(x)}</u>"}.get(mark, _fmt(x))
+
+
+def _beside(spec: TableSpec, r) -> str:
+    """The paper's number and the difference, then the paired test against the proposed cell."""
+    text = "" if math.isnan(r.paper) else f"; paper {_fmt(r.paper)} ({r.diff:+.1f})"
+    p = getattr(r, "vs_p_wilcoxon", math.nan)
+    if isinstance(p, float) and not math.isnan(p):
+        text += (f"; vs {spec.proposed} {r.vs_mean_diff:+.1f} [{_fmt(r.vs_ci_low)}, {_fmt(r.vs_ci_high)}]"
+                 f" p={p:.2f}")
+    return text
+
+
 def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
+    """The markdown of `render`'s long table: a column per task, the unavailable ones, and the Mean where
+    the long table has its rows."""
     title = spec.title or f"{spec.paper.upper()} Table {spec.table} ({spec.backbone})"
-    lines = [f"### {title}", "",
-             "| method | " + " | ".join([*spec.tasks, *spec.unavailable]) + " |",
-             "|---|" + "---|" * (len(spec.tasks) + len(spec.unavailable))]
     by = {(r.task, r.cell): r for r in df.itertuples()}
-    marks = {t: _rank_marks({c: by[(t, c)].median for c in spec.cells}) for t in spec.tasks}
+    mean = bool(spec.cells) and all((MEAN, c) in by for c in spec.cells)
+    ranked = [*spec.tasks, *([MEAN] if mean else [])]
+    heads = [*spec.tasks, *spec.unavailable, *([MEAN] if mean else [])]
+    lines = [f"### {title}", "", "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
+    marks = {t: _rank_marks({c: by[(t, c)].median for c in spec.cells}) for t in ranked}
     for cell in spec.cells:
         out = []
         for task in spec.tasks:
@@ -145,22 +243,24 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
             if r.n == 0:
                 out.append(f"failed ({r.problems})" if r.problems else "missing")
                 continue
-            med = _fmt(r.median)
-            med = {"best": f"**{med}**", "second": f"<u>{med}</u>"}.get(marks[task][cell], med)
-            text = f"{med} ({_fmt(r.min)}–{_fmt(r.max)}, n={r.n})"
-            if not math.isnan(r.paper):
-                text += f"; paper {_fmt(r.paper)} ({r.diff:+.1f})"
-            p = getattr(r, "vs_p_wilcoxon", math.nan)
-            if isinstance(p, float) and not math.isnan(p):
-                text += (f"; vs {spec.proposed} {r.vs_mean_diff:+.1f} [{_fmt(r.vs_ci_low)}, {_fmt(r.vs_ci_high)}]"
-                         f" p={p:.2f}")
-            if r.problems:
-                text += f"; also {r.problems}"
-            out.append(text)
+            text = f"{_marked(r.median, marks[task][cell])} ({_fmt(r.min)}–{_fmt(r.max)}, n={r.n})"
+            out.append(text + _beside(spec, r) + (f"; also {r.problems}" if r.problems else ""))
         out += [f"missing ({why})" for why in spec.unavailable.values()]
+        if mean:
+            r = by[(MEAN, cell)]
+            if math.isnan(r.median):
+                paper = "" if math.isnan(r.paper) else f"; paper {_fmt(r.paper)}"
+                out.append(f"missing ({r.problems}){paper}")
+            else:
+                out.append(f"{_marked(r.median, marks[MEAN][cell])} (of {len(spec.tasks)} task medians)"
+                           + _beside(spec, r))
         lines.append(f"| {cell} | " + " | ".join(out) + " |")
     lines += ["", f"Cells: median over seeds (min–max, n). Paired against {spec.proposed} on common seeds: "
               "mean difference [paired bootstrap 95% interval], two-sided Wilcoxon signed-rank p "
               "(3 seeds cannot reach p < 0.25)."]
+    if mean:
+        lines += [f"{MEAN}: the mean of the cell's task medians (the papers average their per-task numbers), "
+                  "only where every task has a result; paired on the per-seed means over the tasks (the "
+                  "seeds that have every task)."]
     lines += [f"- {n}" for n in spec.notes]
     return "\n".join(lines) + "\n"

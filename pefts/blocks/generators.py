@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pefts.blocks.activations import Rational, bounded_rational, make_activation
-from pefts.blocks.poolers import AttentionPooler, make_pooler, masked_softmax
+from pefts.blocks.poolers import AttentionPooler, make_pooler, pool_projected
 
 INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
 
@@ -361,16 +361,8 @@ class GeneratorBank(nn.Module):
             return t if same else t.index_select(0, bank_of_row)
 
         x0, m = x.masked_fill(~pool_mask.bool()[..., None], 0.0), pool_mask.bool()
-        wd = rows([g.down.weight for g in gens])  # [B, m, in]
-        q = rows([g.pooler.weight.to(dt) for g in gens])  # [B, m, l_sp]
-        u = torch.bmm(x0, torch.bmm(q.transpose(1, 2), wd).transpose(1, 2))  # [B, T, l_sp]
-        bd = rows([g.down.bias for g in gens]) if g0.down.bias is not None else None
-        if bd is not None:
-            u = u + torch.bmm(bd[:, None, :], q)
-        a = masked_softmax(u, m[..., None], dim=1)
-        z = torch.bmm(torch.bmm(a.transpose(1, 2), x0), wd.transpose(1, 2))  # [B, l_sp, m]
-        if bd is not None:
-            z = z + a.sum(1)[..., None] * bd[:, None, :]
+        z = pool_projected(x0, m, rows([g.down.weight for g in gens]), rows([g.pooler.weight.to(dt) for g in gens]),
+                           rows([g.down.bias for g in gens]) if g0.down.bias is not None else None)  # [B, l_sp, m]
         if act is Rational:
             z = _rational_rows(z, [g.activation for g in gens], rows)
         else:

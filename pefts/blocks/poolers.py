@@ -117,23 +117,30 @@ class AttentionPooler(nn.Module):
         return a.transpose(1, 2) @ x  # [B, l_sp, m]
 
     def pool_projected(self, x: torch.Tensor, mask: torch.Tensor, down: nn.Linear) -> torch.Tensor:
-        """`self(down(x), mask)` without projecting every token (IAPT's inference path): with
-        h = x W^T + b, the scores are h W_sa = x (W^T W_sa) + b W_sa and the pool is
-        A^T h = (A^T x) W^T + (sum_t A_t) b, so the [T, in] x [in, m] projection of all tokens becomes
-        [in, m] x [m, l_sp] plus l_sp projected vectors. Equal up to float rounding (reassociated sums);
-        padded positions are zeroed and get weight exactly 0 as in `forward`; a row without any
-        instruction token gives zeros as there (sum_t A_t = 0)."""
+        """`self(down(x), mask)` without projecting every token (IAPT's inference path; `pool_projected`)."""
         x, m = _prepare(x, mask)
-        w = down.weight.to(x.dtype)  # [m, in]
-        q = self.weight.to(x.dtype)  # [m, l_sp]
-        wq = q.t() @ w  # [l_sp, in] = (W^T W_sa)^T, contiguous: F.linear's fast layout
-        b = None if down.bias is None else down.bias.to(x.dtype)
-        u = nn.functional.linear(x, wq, None if b is None else b @ q)  # [B, T, l_sp]
-        a = masked_softmax(u, m[..., None], dim=1)  # over tokens
-        p = nn.functional.linear(a.transpose(1, 2) @ x, w)  # [B, l_sp, m]
-        if b is not None:
-            p = p + a.sum(1)[..., None] * b
-        return p
+        return pool_projected(x, m, down.weight.to(x.dtype), self.weight.to(x.dtype),
+                              None if down.bias is None else down.bias.to(x.dtype))
+
+
+def pool_projected(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
+                   b: torch.Tensor | None) -> torch.Tensor:
+    """`AttentionPooler` after a down-projection h = x W^T + b, without projecting every token: the scores
+    are h W_sa = x (W^T W_sa) + b W_sa and the pool is A^T h = (A^T x) W^T + (sum_t A_t) b, so the
+    [T, in] x [in, m] projection of all tokens becomes [in, m] x [m, l_sp] plus l_sp projected vectors.
+    x [B, T, in] with padded positions zeroed, m [B, T] bool; w [m, in], q (W_sa) [m, l_sp], b [m] for one
+    generator, or [B, m, in], [B, m, l_sp], [B, m] with row b's own (the tenant-per-row path): one
+    implementation for both. Equal to the plain path up to float rounding (reassociated sums); padded
+    positions get weight exactly 0; a row without any instruction token gives zeros (sum_t A_t = 0)."""
+    wq = q.transpose(-1, -2) @ w  # [(B,) l_sp, in] = (W^T W_sa)^T
+    u = x @ wq.transpose(-1, -2)  # [B, T, l_sp]
+    if b is not None:
+        u = u + b.unsqueeze(-2) @ q  # [(B,) 1, l_sp]
+    a = masked_softmax(u, m[..., None], dim=1)  # over tokens
+    p = (a.transpose(1, 2) @ x) @ w.transpose(-1, -2)  # [B, l_sp, m]
+    if b is not None:
+        p = p + a.sum(1)[..., None] * b.unsqueeze(-2)
+    return p
 
 
 class CapsulePooler(nn.Module):
