@@ -9,7 +9,8 @@
 The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
 the methods when given; `+ablation: a,b` sweeps conf/ablation/ options, each a cell named after its option
 that overrides method fields per cell, e.g. IAPT-1..7; `backbone: x,y` renders one block per backbone).
-Paper columns without a public data set (PARA's HSM10K, Q2SQL) show as `missing (not public: ...)`. The paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
+Paper columns without a public data set (PARA's HSM10K, Q2SQL) show as `missing (not public: ...)`; a table
+whose paper version has a Mean column gets one (runners/tables.py), and each backbone's block its own paper numbers. The paper and table come from the experiment's name `<paper>_table<N>[_cpu]`,
 and the proposed method (paired tests) is the paper's own. Finished runs are reused (run.py skips them);
 the rendered table goes to results/tables/<experiment>.{md,csv}.
 
