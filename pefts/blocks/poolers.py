@@ -201,43 +201,23 @@ class CapsulePooler(nn.Module):
         return s * (sq / (1.0 + sq)) / torch.sqrt(sq + self.eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return self._forward_inference(x, mask)
-        x, m = _prepare(x, mask)
-        w = self.weight.to(x.dtype)
-        pred = torch.einsum("btd,kdc->btkc", x, w)  # m_{j->k}: [B, T, K, d_cap]
-        if self.routing_query is None:  # dynamic routing: uniform coupling to start
-            logits = pred.new_zeros(pred.shape[:3])
-        else:
-            logits = torch.einsum("btd,kd->btk", x, self.routing_query.to(x.dtype))  # [B, T, K]
-        valid = m[..., None]  # [B, T, 1]
-        caps = None
-        for step in range(self.routing_iters + 1):
-            if step > 0:
-                logits = logits + torch.einsum("bkc,btkc->btk", caps, pred)
-            n = masked_softmax(logits, valid, dim=1)  # over tokens j
-            caps = self.squash(torch.einsum("btk,btkc->bkc", n, pred))  # [B, K, d_cap]
-        return caps.reshape(x.shape[0], 1, self.out_dim)
-
-    def _forward_inference(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`forward` without autograd, in a third of the ops (einsum expands into permutes, copies and bmm
-        calls; on a width-12 input those dominate): the same sums as one matmul and elementwise reductions,
-        equal up to float rounding."""
+        # eqs. 7-10 as one matmul and elementwise reductions rather than einsums: einsum expands into
+        # permutes, copies and bmm calls, which dominate on a narrow (down-projected) input at inference
         x, m = _prepare(x, mask)
         K, C = self.num_capsules, self.capsule_dim
         w = self.weight.to(x.dtype)  # [K, d, d_cap]
         pred = (x @ w.permute(1, 0, 2).reshape(w.shape[1], K * C)).view(*x.shape[:2], K, C)  # m_{j->k}
-        if self.routing_query is None:
+        if self.routing_query is None:  # dynamic routing: uniform coupling to start
             logits = pred.new_zeros(pred.shape[:3])
         else:
-            logits = x @ self.routing_query.to(x.dtype).t()  # [B, T, K]
-        valid = m[..., None]
+            logits = x @ self.routing_query.to(x.dtype).t()  # [B, T, K] (eq. 9)
+        valid = m[..., None]  # [B, T, 1]
         caps = None
         for step in range(self.routing_iters + 1):
             if step > 0:
-                logits = logits + (pred * caps[:, None]).sum(-1)
-            n = masked_softmax(logits, valid, dim=1)
-            caps = self.squash((n[..., None] * pred).sum(1))  # [B, K, d_cap]
+                logits = logits + (pred * caps[:, None]).sum(-1)  # eq. 10: c_k^T m_{j->k}
+            n = masked_softmax(logits, valid, dim=1)  # over tokens j
+            caps = self.squash((n[..., None] * pred).sum(1))  # eq. 8: [B, K, d_cap]
         return caps.reshape(x.shape[0], 1, self.out_dim)
 
 
