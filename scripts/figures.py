@@ -187,6 +187,40 @@ def plot_layer(results_dir: str, task: str, out: str, methods=("idspam", "lpt"),
                         f"{task}: score vs prompt layer")
 
 
+def plot_seeds(records: list[dict], tasks: list[str], cells: list[str], out: str, title: str = "",
+               backbone: str | None = None) -> str | None:
+    """A paper table's cells seed by seed: one panel per task, one column per cell, a dot per seed (the
+    same seed the same colour in every column, so paired differences can be read off) and a bar at the
+    median; None when no record belongs to the table. scripts/table.py writes it beside each table."""
+    scores: dict[tuple[str, str], dict[int, float]] = {}
+    for r in records:
+        if r["task"] in tasks and r["cell"] in cells and (backbone is None or r["backbone"] == backbone):
+            scores.setdefault((r["task"], r["cell"]), {})[int(r["seed"])] = float(next(iter(r["metrics"].values())))
+    if not scores:
+        return None
+    plt = _plt()
+    seeds = sorted({s for d in scores.values() for s in d})
+    colours = {s: plt.get_cmap("tab10")(i % 10) for i, s in enumerate(seeds)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(1.2 + 0.55 * len(cells) * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, cell in enumerate(cells):
+            d = scores.get((task, cell), {})
+            for s, v in d.items():
+                ax.scatter(i + 0.08 * (seeds.index(s) - (len(seeds) - 1) / 2), v, s=14, color=colours[s],
+                           label=f"seed {s}" if i == 0 or (task, cells[0]) not in scores else None)
+            if d:
+                ax.hlines(statistics.median(d.values()), i - 0.3, i + 0.3, color="black", lw=1)
+        ax.set_xticks(range(len(cells)), cells, rotation=60, ha="right", fontsize=7)
+        ax.set(title=task, ylabel="test score")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    by = dict(zip(labels, handles))
+    if by:
+        axes[0][-1].legend(by.values(), by.keys(), fontsize=6)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("rational", "params", "length", "budget", "layer"):
         raise UserError("usage: python -m scripts.figures rational|params|length|budget|layer key=value ... "

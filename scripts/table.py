@@ -204,11 +204,11 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     m = NAME.match(experiment)
     paper, number, cpu = m["paper"], int(m["n"]), bool(m["cpu"])
     records, problems = scan(cfg.results_dir)
+    cells = p["cells"] + ([R.ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
     dfs, mds = [], []
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (
             " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
-        cells = p["cells"] + ([R.ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
         spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=cells, proposed=PROPOSED[paper],
                          backbone=backbone, title=title, unavailable=not_public(paper, number),
                          notes=([budget_note(cfg)] if cpu else []) + list(notes))
@@ -219,6 +219,14 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.md"), md)
     atomic_write_text(os.path.join(out_dir, f"{experiment}.csv"), df.to_csv(index=False))
+    from scripts.figures import plot_seeds
+
+    for backbone in p.get("backbones") or [cfg.backbone.name]:  # every seed of every cell, as a plot
+        name = experiment if len(p.get("backbones") or [1]) == 1 else f"{experiment}_{backbone}"
+        fig = plot_seeds(records, p["tasks"], cells, os.path.join(out_dir, f"{name}.png"),
+                         title=f"{experiment} ({backbone}): each seed, median bar", backbone=backbone)
+        if fig:
+            md += f"\nSeeds plot: {fig}\n"
     where = log_wandb(cfg, experiment, df)
     return md + (f"\nW&B table: {where}\n" if where else "")
 

@@ -4,6 +4,7 @@ parameters and score vs prompt length from hand-made records (scripts/figures.py
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -112,3 +113,17 @@ def test_figure_grids_compose(experiment, point, cell):
     cfg, axes = table.grid(experiment)
     assert axes["seed"] and axes["task"]
     assert cell_name(compose(f"experiment={experiment}", *point, debug=False)) == cell
+
+
+def test_seeds_plot_of_a_table(tmp_path):
+    """Every seed of every cell, one panel per task; records of other tables are left out; None when the
+    table has no record."""
+    from scripts.figures import plot_seeds
+
+    recs = [{"backbone": "b", "task": t, "cell": c, "seed": s, "metrics": {"acc": 50.0 + 10 * i + s}}
+            for i, c in enumerate(("lora", "iapt")) for t in ("sst2", "rte") for s in range(3)]
+    recs.append({"backbone": "b", "task": "boolq", "cell": "lora", "seed": 0, "metrics": {"acc": 1.0}})
+    out = plot_seeds(recs, ["sst2", "rte"], ["lora", "iapt", "zero-shot"], str(tmp_path / "t.png"), title="t")
+    assert out and os.path.getsize(out) > 0
+    assert plot_seeds(recs, ["copa"], ["lora"], str(tmp_path / "none.png")) is None
+    assert not (tmp_path / "none.png").exists()

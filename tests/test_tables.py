@@ -102,6 +102,7 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert "NOT the paper's setting" in md
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing |" in md
     assert "| houlsby | missing | missing |" in md
+    assert (tmp_path / "tables" / "iapt_table1_cpu.png").stat().st_size > 0, "the seeds plot beside the table"
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
 
