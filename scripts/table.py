@@ -176,9 +176,15 @@ def describe(experiment: str, p: dict) -> str:
     count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
     walls = [r["wall"] for r in runs if r["wall"]]  # read once, by plan()
     left = count["to run"] + count["failed"] + count["corrupt"]
-    est = (f"about {left * statistics.median(walls) / 3600:.1f} h left at the median wall time of the finished "
-           f"runs ({statistics.median(walls) / 60:.0f} min)") if walls and left else (
-           "nothing left to run" if not left else "no finished run yet to estimate the time from")
+    est = "nothing left to run" if not left else "no finished run yet to estimate the time from"
+    if walls and left:  # each task's own median wall time where it has finished runs (RTE's prompts are longer)
+        per = {t: statistics.median(w) for t in p["tasks"]
+               if (w := [r["wall"] for r in runs if r["wall"] and r["task"] == t])}
+        secs = sum(per.get(r["task"], statistics.median(walls)) for r in runs if r["state"] != "done")
+        basis = (", ".join(f"{t} {m / 60:.0f} min" for t, m in per.items()) + "; others at the median"
+                 if len(per) < len(p["tasks"]) else ", ".join(f"{t} {m / 60:.0f} min" for t, m in per.items()))
+        est = (f"about {secs / 3600:.1f} h left at the median wall time of the finished runs ({basis}"
+               f"{'' if len(per) == len(p['tasks']) else f' {statistics.median(walls) / 60:.0f} min'})")
     n_bb = len(p.get("backbones", [None]))
     bbs = f"{n_bb} backbones x " if n_bb > 1 else ""
     return (f"{experiment}: {len(runs)} runs ({bbs}{len(p['cells'])} methods x {len(p['tasks'])} tasks x "
@@ -191,7 +197,7 @@ def budget_note(cfg) -> str:
     return (f"Budget: {r.max_steps} steps x {r.batch_size} rows, dev loss every {r.eval_steps} steps on "
             f"{r.max_dev_examples} dev rows (best restored), test answers by `{r.scoring}`"
             + (f" (beam {r.num_beams})" if r.scoring == "generate" else "")
-            + f", first {r.max_test_examples} test rows.")
+            + f", the first {r.max_test_examples} test rows at most (a task with fewer: all of them).")
 
 
 def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = ()) -> str:
@@ -208,7 +214,7 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     dfs, mds = [], []
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (
-            " at CPU scale: NOT the paper's setting (backbone, budget, data, 200 test rows)" if cpu else "")
+            " at CPU scale: NOT the paper's setting (backbone, budget, data, test rows)" if cpu else "")
         spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=cells, proposed=PROPOSED[paper],
                          backbone=backbone, title=title, unavailable=not_public(paper, number),
                          notes=([budget_note(cfg)] if cpu else []) + list(notes))

@@ -97,7 +97,7 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "learning-rate search: 21 runs (7 methods x 3 rates, sst2 dev, seed 0): 0 done, 21 to run" in out
     assert "iapt_table1_cpu: 42 runs (7 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 40 to run; " \
-           "about 6.7 h left at the median wall time of the finished runs (10 min)" in out
+           "about 6.7 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "NOT the paper's setting" in md
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing |" in md
@@ -156,7 +156,7 @@ def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rat
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "- Learning rate per method, chosen on sst2 dev (seed 0; no test rows read) from [0.001, 0.003, 0.01]" in md
     assert "- Budget: 30 steps x 8 rows, dev loss every 15 steps on 100 dev rows (best restored), test answers by " \
-           "`likelihood`, first 200 test rows." in md
+           "`likelihood`, the first 200 test rows at most (a task with fewer: all of them)." in md
     assert "| zero-shot | missing | missing |" in md, "the untrained row of a CPU table"
 
 
