@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from runners.results import ZERO_SHOT
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIR = os.path.join(ROOT, "results", "paper")
 BACKBONE_DIR = os.path.join(ROOT, "conf", "backbone")
@@ -235,7 +237,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
     ranked = [*spec.tasks, *([MEAN] if mean else [])]
     heads = [*spec.tasks, *spec.unavailable, *([MEAN] if mean else [])]
     lines = [f"### {title}", "", "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(heads)]
-    marks = {t: _rank_marks({c: by[(t, c)].median for c in spec.cells}) for t in ranked}
+    # best/second among the methods: the untrained backbone's row is a reference, never marked
+    marks = {t: _rank_marks({c: by[(t, c)].median for c in spec.cells if c != ZERO_SHOT}) for t in ranked}
     for cell in spec.cells:
         out = []
         for task in spec.tasks:
@@ -243,7 +246,7 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
             if r.n == 0:
                 out.append(f"failed ({r.problems})" if r.problems else "missing")
                 continue
-            text = f"{_marked(r.median, marks[task][cell])} ({_fmt(r.min)}–{_fmt(r.max)}, n={r.n})"
+            text = f"{_marked(r.median, marks[task].get(cell, ''))} ({_fmt(r.min)}–{_fmt(r.max)}, n={r.n})"
             out.append(text + _beside(spec, r) + (f"; also {r.problems}" if r.problems else ""))
         out += [f"missing ({why})" for why in spec.unavailable.values()]
         if mean:
@@ -252,7 +255,7 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
                 paper = "" if math.isnan(r.paper) else f"; paper {_fmt(r.paper)}"
                 out.append(f"missing ({r.problems}){paper}")
             else:
-                out.append(f"{_marked(r.median, marks[MEAN][cell])} (of {len(spec.tasks)} task medians)"
+                out.append(f"{_marked(r.median, marks[MEAN].get(cell, ''))} (of {len(spec.tasks)} task medians)"
                            + _beside(spec, r))
         lines.append(f"| {cell} | " + " | ".join(out) + " |")
     lines += ["", f"Cells: median over seeds (min–max, n). Paired against {spec.proposed} on common seeds: "

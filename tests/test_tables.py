@@ -160,6 +160,14 @@ def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rat
     assert "| zero-shot | missing | missing |" in md, "the untrained row of a CPU table"
 
 
+def test_the_untrained_row_is_never_marked_best():
+    recs = _records() + [{"backbone": "smollm2-135m", "task": "rte", "cell": "zero-shot", "seed": 0,
+                          "metrics": {"acc": 99.0}}]
+    spec = TableSpec(paper="iapt", table=1, tasks=["rte"], cells=["lora", "iapt", "zero-shot"], proposed="iapt")
+    _, md = render(spec, recs, [])
+    assert "| zero-shot | 99.0 (99.0–99.0, n=1) |" in md and "**61.0**" in md
+
+
 def test_search_overrides_name_each_cell_after_its_method_and_rate():
     """The search's overrides, composed as run.py composes them: the variant interpolation gives each
     (method, rate) its own cell, the test split is off, records go under lr_search/."""
