@@ -79,24 +79,28 @@ def grid(experiment: str, overrides: list[str] = ()) -> tuple[object, dict[str, 
     return cfg, out
 
 
+def run_state(path: str) -> tuple[str, float | None, dict | None]:
+    """(done | failed | corrupt | to run, its wall time, its record) of one run's record path."""
+    from runners import results as R
+
+    if os.path.exists(path):
+        try:
+            rec = R.read_record(path)
+        except R.CorruptRecord:
+            return "corrupt", None, None
+        return ("done", rec.get("wall_time_s"), rec) if rec.get("status") == "ok" else ("failed", None, rec)
+    return ("failed" if os.path.exists(R.failed_path(path)) else "to run"), None, None
+
+
 def plan(cfg, axes: dict[str, list[str]]) -> dict:
     """Every run of the grid with its state: done (a finished record), failed, or to run."""
-    from runners import results as R
 
     cells = cells_of(axes)
     backbones = axes.get("backbone") or [cfg.backbone.name]
     runs = []
     for (backbone, cell, task, seed) in itertools.product(backbones, cells, axes["task"], axes["seed"]):
         path = os.path.join(cfg.results_dir, backbone, task, cell, f"seed{seed}.json")
-        state, wall = "to run", None
-        if os.path.exists(path):
-            try:
-                rec = R.read_record(path)
-                state, wall = ("done", rec.get("wall_time_s")) if rec.get("status") == "ok" else ("failed", None)
-            except R.CorruptRecord:
-                state = "corrupt"
-        elif os.path.exists(R.failed_path(path)):
-            state = "failed"
+        state, wall, _ = run_state(path)
         runs.append({"backbone": backbone, "cell": cell, "task": task, "seed": int(seed), "path": path, "state": state, "wall": wall})
     return {"runs": runs, "cells": cells, "tasks": axes["task"], "backbones": backbones}
 
@@ -121,26 +125,15 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
     if axes.get(ABLATION) or axes.get("variant"):
         raise UserError("lr_grid chooses a learning rate per method: it needs a grid of methods, not of "
                         f"{ABLATION if axes.get(ABLATION) else 'variant'} cells")
-    from runners import results as R
 
     root = os.path.join(cfg.results_dir, "lr_search")
     task, seed = axes["task"][0], int(axes["seed"][0])
     runs, losses = [], {}
     for method, lr in itertools.product(axes["method"], cfg.lr_grid):
         path = os.path.join(root, cfg.backbone.name, task, f"{method}-lr{lr_str(lr)}", f"seed{seed}.json")
-        state, wall = "to run", None
-        if os.path.exists(path):
-            try:
-                rec = R.read_record(path)
-                if rec.get("status") == "ok":
-                    state, wall = "done", rec.get("wall_time_s")
-                    losses.setdefault(method, {})[float(lr)] = float(rec["dev"]["loss"])
-                else:
-                    state = "failed"
-            except R.CorruptRecord:
-                state = "corrupt"
-        elif os.path.exists(R.failed_path(path)):
-            state = "failed"
+        state, wall, rec = run_state(path)
+        if state == "done":
+            losses.setdefault(method, {})[float(lr)] = float(rec["dev"]["loss"])
         runs.append({"cell": f"{method}-lr{lr_str(lr)}", "state": state, "wall": wall})
     chosen = {m: min(d, key=lambda lr: (d[lr], lr)) for m, d in losses.items()
               if len(d) == len(cfg.lr_grid)}  # a choice needs the whole grid
