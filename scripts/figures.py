@@ -3,12 +3,14 @@
     python -m scripts.figures rational peft=results/.../seed0.peft.safetensors [out=results/figures/x.png]
         IAPT Figure 4: each layer group's learned rational activation against GELU and the initial fit
     python -m scripts.figures params results_dir=results/cpu/runs task=sst2 [backbone=smollm2-135m]
-        IAPT Figure 2 style: median test score against tunable parameters, one point per cell
-    python -m scripts.figures length results_dir=... task=... method=iapt
-        IAPT Figure 3 style: median test score against the prompt length (method.n_tokens) of the cells
+        any grid's cells: median test score against tunable parameters, one point per cell
     python -m scripts.figures budget results_dir=... task=boolq [methods=parade,lora,ia3_proj] [backbone=llama2-7b]
-        PARADE Figure 2: median test score against tunable parameters, one curve per method, one point per
-        cell (PARADE's r swept by conf/experiment/parade_fig2.yaml; LoRA r / (IA)^3 dim cells likewise)
+        PARADE Figure 2 (and IAPT Figure 2 with methods=iapt,lpt,lora): median test score against tunable
+        parameters, one curve per method, one point per cell (PARADE's r swept by conf/experiment/parade_fig2.yaml,
+        IAPT's and LPT's m by conf/experiment/iapt_fig2.yaml; LoRA r / (IA)^3 dim cells likewise)
+    python -m scripts.figures length results_dir=... task=boolq [methods=iapt,lpt] [backbone=llama2-7b]
+        IAPT Figure 3: median test score against the soft-prompt length (record config method.n_tokens), one
+        curve per method (conf/experiment/iapt_fig3.yaml)
     python -m scripts.figures layer results_dir=... task=rte [methods=idspam,lpt] [backbone=roberta-large]
         ID-SPAM Figure 2: median test score (MRPC: mean of acc and F1, the task's headline metric) against the
         layer index m the soft prompt is prepended to (record config method.layer; 0 = the input embeddings),
@@ -130,18 +132,11 @@ def plot_params(results_dir: str, task: str, out: str, backbone: str | None = No
     return _save(fig, out)
 
 
-def plot_length(results_dir: str, task: str, method: str, out: str, backbone: str | None = None) -> str:
-    plt = _plt()
-    pts = sorted((r[0]["config"]["method"]["n_tokens"], _median(r), len(r))
-                 for r in _cells(results_dir, backbone, task).values() if r[0]["method"] == method)
-    if not pts:
-        raise UserError(f"no finished '{method}' records of task '{task}' under results_dir='{results_dir}'")
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
-    ax.set(xlabel="prompt length (soft tokens)", ylabel=f"{task}: median test score",
-           title=f"{method} on {task}: score vs prompt length")
-    fig.tight_layout()
-    return _save(fig, out)
+def plot_length(results_dir: str, task: str, out: str, methods=("iapt", "lpt"), backbone: str | None = None) -> str:
+    """IAPT Figure 3: score against the soft-prompt length (record config method.n_tokens), a curve per method."""
+    pts = curves(results_dir, task, list(methods), lambda r: r["config"]["method"].get("n_tokens"), backbone)
+    return _plot_curves(pts, out, "prompt length l_sp (soft tokens)", f"{task}: median test score",
+                        f"{task}: score vs prompt length", logx=True)
 
 
 def curves(results_dir: str, task: str, methods: list[str], x_of, backbone: str | None = None
@@ -236,14 +231,12 @@ def main(argv: list[str]) -> None:
         raise UserError(f"scripts.figures {kind} needs task=<name> (and results_dir=, backbone=)")
     results_dir = opts.get("results_dir", os.path.join(ROOT, "results", "runs"))
     out = opts.get("out") or os.path.join(FIGURES, f"{kind}_{opts['task']}.png")
-    if kind in ("budget", "layer"):
-        plot = plot_budget if kind == "budget" else plot_layer
-        methods = opts["methods"].split(",") if opts.get("methods") else None
-        print(plot(results_dir, opts["task"], out, *([methods] if methods else []), backbone=opts.get("backbone")))
-    elif kind == "params":
+    if kind == "params":
         print(plot_params(results_dir, opts["task"], out, opts.get("backbone")))
-    else:
-        print(plot_length(results_dir, opts["task"], opts.get("method", "iapt"), out, opts.get("backbone")))
+        return
+    plot = {"budget": plot_budget, "layer": plot_layer, "length": plot_length}[kind]
+    methods = opts["methods"].split(",") if opts.get("methods") else None
+    print(plot(results_dir, opts["task"], out, *([methods] if methods else []), backbone=opts.get("backbone")))
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_score_figures_from_records(tmp_path):
                "curve": {}}
         (folder / "seed0.json").write_text(json.dumps(rec))
     for out in (figures.plot_params(str(runs), "sst2", str(tmp_path / "p.png")),
-                figures.plot_length(str(runs), "sst2", "iapt", str(tmp_path / "l.png"))):
+                figures.plot_length(str(runs), "sst2", str(tmp_path / "l.png"), methods=["iapt"])):
         assert open(out, "rb").read(4) == b"\x89PNG"
     with pytest.raises(UserError, match="no finished records of task 'rte'"):
         figures.plot_params(str(runs), "rte", str(tmp_path / "x.png"))
@@ -100,8 +100,26 @@ def test_layer_figure_idspam_fig2(tmp_path):
         figures.plot_layer(str(runs), "mrpc", str(tmp_path / "x.png"))
 
 
+def test_length_figure_iapt_fig3(tmp_path):
+    """IAPT Figure 3: a curve per method over the prompt length read from each record's config (n_tokens)."""
+    runs = tmp_path / "runs"
+    for method, accs in (("iapt", (80.0, 83.0, 82.0)), ("lpt", (75.0, 78.0, 74.0))):
+        for n, acc in zip((1, 4, 32), accs):
+            for seed in (0, 1, 2):
+                _write(runs, "llama2-7b", "boolq", f"{method}-len{n}", {"name": method, "n_tokens": n}, seed,
+                       acc + seed)
+    pts = figures.curves(str(runs), "boolq", ["iapt", "lpt"], lambda r: r["config"]["method"].get("n_tokens"))
+    assert pts["lpt"] == [(1.0, 76.0, 3), (4.0, 79.0, 3), (32.0, 75.0, 3)], "median over seeds, sorted by length"
+    figures.main(["length", f"results_dir={runs}", "task=boolq", f"out={tmp_path / 'f3.png'}"])
+    assert open(tmp_path / "f3.png", "rb").read(4) == b"\x89PNG"
+    with pytest.raises(UserError, match="no finished records of lora on task 'boolq'"):
+        figures.main(["length", f"results_dir={runs}", "task=boolq", "methods=lora", f"out={tmp_path / 'x.png'}"])
+
+
 @pytest.mark.parametrize("experiment,point,cell", [
     ("parade_fig2", ["method.bottleneck=48", "task=e2e"], "parade-r48"),
+    ("iapt_fig2", ["method=lpt", "method.bottleneck=64", "task=e2e"], "lpt-m64"),
+    ("iapt_fig3", ["method.n_tokens=16"], "iapt-len16"),
     ("idspam_fig2", ["method=lpt", "method.layer=7", "task=rte"], "lpt-m7"),
 ])
 def test_figure_grids_compose(experiment, point, cell):
