@@ -50,8 +50,8 @@ table1: $(STAMP)  ## IAPT Table 1 (make table1 SCALE=cpu: at this machine's scal
 table: $(STAMP)  ## any paper table: make table PAPER=parade N=1 [SCALE=cpu]
 	$(BIN)/python -m scripts.table experiment=$(PAPER)_table$(N)$(SUFFIX) $(TABLE_ARGS)
 
-tables: $(STAMP)  ## every paper table of the scale that has an experiment config
-	for f in conf/experiment/*_table*.yaml; do e=$$(basename $$f .yaml); \
+tables: $(STAMP)  ## every paper table of the scale that has an experiment config (in table order: 6 before 11)
+	for f in $$(ls conf/experiment/*_table*.yaml | sort -V); do e=$$(basename $$f .yaml); \
 	  case "$$e" in *_cpu) [ "$(SUFFIX)" = _cpu ] || continue;; *) [ -z "$(SUFFIX)" ] || continue;; esac; \
 	  $(BIN)/python -m scripts.table experiment=$$e $(TABLE_ARGS) || exit $$?; done
 

@@ -77,6 +77,9 @@ class RunnerConfig:
     logging_steps: int = 10  # train-loss logging interval (steps)
     # write the best PEFT weights alone beside the record (seed<k>.peft.safetensors; pefts/io.py)
     save_peft: bool = True
+    # start from another run's saved PEFT weights (seed<k>.peft.safetensors of the same method and backbone)
+    # instead of the method's initialization: id-spam.txt Table 11 tunes on a source task first; null = fresh
+    init_peft: str | None = None
     # resume a killed run from its last checkpoint (seed<k>.ckpt beside the record, written at every dev
     # evaluation, removed when the record is written; runners/checkpoint.py); false starts from scratch
     resume: bool = True
@@ -113,6 +116,12 @@ class RunConfig:
     # runner.eval_test=false) before the table; each method's cells use the one with the lowest best dev loss.
     # null = runner.lr for every method
     lr_grid: list[float] | None = None
+    # table experiments: the rendered table's columns, each a grid task (its headline metric) or `task:metric`
+    # (another metric of its records, e.g. alpaca:rouge-l); null = the grid's tasks
+    columns: list[str] | None = None
+    # transfer tables (id-spam.txt Table 6): {test task: its training task}, read by the experiment as
+    # task.source=${task_source.${task.name}}; null = every task trains on itself
+    task_source: dict[str, str] | None = None
     # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
     force: bool = False  # rerun even if the result file exists

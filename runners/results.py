@@ -36,6 +36,7 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).
 NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "data_root", "print_table", "experiment",
+                "columns", "task_source",  # how a table shows runs (task_source acts through task.source)
                 "runner.cache_dir", "runner.device", "runner.num_threads", "runner.logging_steps",
                 "runner.save_peft", "runner.resume", "runner.progress", "task.local_dir"}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "wandb", "accelerate", "gguf")
@@ -59,7 +60,7 @@ def result_path(cfg, cell: str | None = None) -> str:
 # ("group.key", or "group.key@name" for a key of one method or task only)
 ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False,
                "runner.adam_beta1": 0.9, "runner.adam_beta2": 0.999, "runner.adam_epsilon": 1e-8,
-               "runner.eval_test": True}
+               "runner.eval_test": True, "runner.init_peft": None}
 
 
 # The runner keys that change what an untrained backbone's zero-shot row computes (it trains nothing, so the

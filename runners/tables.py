@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIR = os.path.join(ROOT, "results", "paper")
 BACKBONE_DIR = os.path.join(ROOT, "conf", "backbone")
 MEAN = "mean"  # the Mean column's task name: in the long table, the markdown header and paper_numbers' keys
+NO_METRIC = " in its metrics "  # a finished record without a column's metric (e.g. no judge configured)
 MEAN_HEADS = ("Mean", "AVG", "Average")  # the papers' headers of an average over the table's tasks
 
 
@@ -36,7 +37,9 @@ MEAN_HEADS = ("Mean", "AVG", "Average")  # the papers' headers of an average ove
 class TableSpec:
     paper: str  # iapt | parade | para | idspam (results/paper/<paper>_table<N>.csv)
     table: int  # the paper's table number
-    tasks: list[str]  # columns: harness task names
+    # columns: harness task names (their headline metric), or `task:metric` for another metric of a task's
+    # records (iapt.txt Table 3: alpaca:gpt4-score, alpaca:rouge-l)
+    tasks: list[str]
     cells: list[str]  # rows: harness cell names (method or variant)
     proposed: str  # the cell every other one is compared with (paired test)
     backbone: str = "smollm2-135m"
@@ -108,9 +111,13 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
                 names[(row["kind"], row["paper_name"])] = row["harness_name"]
 
     def task_of(column: str) -> str | None:
-        head = column.split(" / ")[0]
-        return next((names[("task", h)] for h in (column, head, re.sub(r"\s*\(.*\)$", "", head))
-                     if ("task", h) in names), None)  # "SST-2 (acc)" -> "SST-2"
+        """The harness column of a paper column: "SST-2 (acc)" -> sst2, "Avg GPT-4 score" -> whatever
+        names.csv says (alpaca:gpt4-score), a two-level "MT-Bench / gpt4-score (...)" -> ultrachat:gpt4-score."""
+        head, _, tail = column.partition(" / ")
+        task = next((names[("task", h)] for h in (column, head, re.sub(r"\s*\(.*\)$", "", head))
+                     if ("task", h) in names), None)
+        tail = re.sub(r"\s*\(.*\)$", "", tail)
+        return f"{task}:{tail}" if task and tail and ":" not in task else task
 
     out, means, paper_tasks = {}, {}, set()
     with open(path, newline="", encoding="utf-8") as f:
@@ -118,8 +125,11 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
             (row_bb, method), (col_bb, column) = section_backbone(row["row"]), section_backbone(row["column"])
             if {row_bb, col_bb} - {None, spec.backbone}:
                 continue  # another backbone's number
-            cell = names.get(("method", method))
             task = None if column in MEAN_HEADS else task_of(column)
+            *tasks, last = method.split(" / ")
+            if task is None and column not in MEAN_HEADS and tasks and all(("task", t) in names for t in tasks):
+                task, method = names[("task", tasks[-1])] or None, last  # "Train / Eval / Tuning" rows (id-spam Table 11)
+            cell = names.get(("method", method))
             if task is not None:
                 paper_tasks.add(task)
             if not cell or row["value"] in ("", None):
@@ -134,13 +144,30 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
 
 
 # -- the table ---------------------------------------------------------------------------------------------
-def _scores(records, spec: TableSpec) -> dict[tuple[str, str], dict[int, float]]:
+def column_task(column: str) -> str:
+    """The harness task of a table column (`task` or `task:metric`)."""
+    return column.partition(":")[0]
+
+
+def _scores(records, spec: TableSpec) -> tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], list[str]]]:
+    """({(column, cell): {seed: score}}, {(column, cell): [why a finished record gives no score]}): a column's
+    metric is the one it names, else the record's headline (first) metric."""
     out: dict[tuple[str, str], dict[int, float]] = {}
+    lacking: dict[tuple[str, str], list[str]] = {}
     for r in records:
-        if r["backbone"] == spec.backbone and r["task"] in spec.tasks and r["cell"] in spec.cells:
-            metric = next(iter(r["metrics"]))
-            out.setdefault((r["task"], r["cell"]), {})[int(r["seed"])] = float(r["metrics"][metric])
-    return out
+        if r["backbone"] != spec.backbone or r["cell"] not in spec.cells:
+            continue
+        for column in spec.tasks:
+            task, _, metric = column.partition(":")
+            if r["task"] != task:
+                continue
+            metric = metric or next(iter(r["metrics"]))
+            if metric in r["metrics"]:
+                out.setdefault((column, r["cell"]), {})[int(r["seed"])] = float(r["metrics"][metric])
+            else:
+                lacking.setdefault((column, r["cell"]), []).append(
+                    f"seed{r['seed']}: no '{metric}'{NO_METRIC}({', '.join(r['metrics']) or 'none'})")
+    return out, lacking
 
 
 def _seed_means(scores, spec: TableSpec, cell: str) -> dict[int, float]:
@@ -180,11 +207,11 @@ def render(spec: TableSpec, records: list[dict], problems: list[dict],
     **bold** and second <u>underlined</u> per column, `missing` or `failed: <reason>` where there is no
     finished record, and the paired test against `spec.proposed`."""
     paper = paper or {}
-    scores = _scores(records, spec)
-    failed = {}
+    scores, failed = _scores(records, spec)
     for p in problems:
-        if p["backbone"] == spec.backbone and p["task"] in spec.tasks and p["cell"] in spec.cells:
-            failed.setdefault((p["task"], p["cell"]), []).append(f"seed{p['seed']}: {p['problem']}")
+        for column in spec.tasks:
+            if p["backbone"] == spec.backbone and p["task"] == column_task(column) and p["cell"] in spec.cells:
+                failed.setdefault((column, p["cell"]), []).append(f"seed{p['seed']}: {p['problem']}")
     rows = []
     for task in spec.tasks:
         for cell in spec.cells:
@@ -244,7 +271,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
         for task in spec.tasks:
             r = by[(task, cell)]
             if r.n == 0:
-                out.append(f"failed ({r.problems})" if r.problems else "missing")
+                lacks = r.problems and all(NO_METRIC in part for part in r.problems.split("; "))
+                out.append(f"{'missing' if lacks else 'failed'} ({r.problems})" if r.problems else "missing")
                 continue
             text = f"{_marked(r.median, marks[task].get(cell, ''))} ({_fmt(r.min)}–{_fmt(r.max)}, n={r.n})"
             out.append(text + _beside(spec, r) + (f"; also {r.problems}" if r.problems else ""))

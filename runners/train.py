@@ -461,6 +461,9 @@ def _run(cfg, config: dict, path: str) -> dict:
     if device == "cuda" and world()[1] > 1 and torch.cuda.device_count() > 1:  # torchrun/deepspeed: this rank's
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # GPU from the start, not every rank on GPU 0
     set_seed(cfg.seed)
+    if runner.init_peft and not os.path.isfile(runner.init_peft):
+        raise UserError(f"runner.init_peft='{runner.init_peft}' is not a file: it names another run's saved PEFT "
+                        "weights (seed<k>.peft.safetensors beside its record; run that one first)")
 
     task = build_task(cfg.task)
     encoder = is_encoder(cfg.backbone.architecture)
@@ -492,6 +495,12 @@ def _run(cfg, config: dict, path: str) -> dict:
     built = build_peft(model, cfg.method)
     model = built.model.to(device)
     head = train_head(model, cfg.backbone.architecture) if encoder else []
+    if runner.init_peft:  # another run's tuned weights (and head) as the starting point
+        try:
+            load_peft(model, runner.init_peft)
+        except ValueError as e:
+            raise UserError(f"runner.init_peft: {e} (it must come from the same method on the same backbone)") from None
+        log.info("started from the PEFT weights of %s", runner.init_peft)
     n_head = sum(p.numel() for p in head_parameters(model, cfg.backbone.architecture) if p.requires_grad) if encoder else 0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

@@ -38,6 +38,7 @@ ABLATION = "+ablation"  # the grid key of per-cell overrides (conf/ablation/<cel
 NOT_PUBLIC = {  # (paper, paper column) -> why no harness task exists; shown as a missing column with the reason
     ("para", "HSM10K"): "not public: PARA's proprietary in-house data set (para.txt), no harness task",
     ("para", "Q2SQL"): "not public: PARA's proprietary in-house data set (para.txt), no harness task",
+    ("para", "LLM-Eval1"): "not public: PARA's in-house evaluation set (para.txt Table 3), no harness task",
 }
 
 
@@ -54,7 +55,7 @@ def not_public(paper: str, number: int) -> dict[str, str]:
     if not os.path.exists(path):
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        heads = dict.fromkeys(re.sub(r"\s*\(.*\)$", "", r["column"]) for r in csv.DictReader(f))
+        heads = dict.fromkeys(re.sub(r"\s*\(.*\)$", "", r["column"].split(" / ")[0]) for r in csv.DictReader(f))
     return {h: NOT_PUBLIC[(paper, h)] for h in heads if (paper, h) in NOT_PUBLIC}
 
 
@@ -185,6 +186,19 @@ def describe(experiment: str, p: dict) -> str:
             f"{count['failed'] + count['corrupt']} failed or corrupt, {count['to run']} to run; {est}")
 
 
+def columns(cfg, tasks: list[str]) -> list[str]:
+    """The table's columns: the experiment's `columns` (`task` or `task:metric`, each of a grid task), else
+    the grid's tasks."""
+    from runners.tables import column_task
+
+    cols = list(cfg.get("columns") or tasks)
+    bad = [c for c in cols if column_task(c) not in tasks]
+    if bad:
+        raise UserError(f"columns {bad} name no task of the grid; its tasks: {', '.join(tasks)} "
+                        "(a column is `task` or `task:metric`)")
+    return cols
+
+
 def budget_note(cfg) -> str:
     r = cfg.runner
     return (f"Budget: {r.max_steps} steps x {r.batch_size} rows, dev loss every {r.eval_steps} steps on "
@@ -208,7 +222,7 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (
             " at CPU scale: NOT the paper's setting (backbone, budget, data, test rows)" if cpu else "")
-        spec = TableSpec(paper=paper, table=number, tasks=p["tasks"], cells=cells, proposed=PROPOSED[paper],
+        spec = TableSpec(paper=paper, table=number, tasks=columns(cfg, p["tasks"]), cells=cells, proposed=PROPOSED[paper],
                          backbone=backbone, title=title, unavailable=not_public(paper, number),
                          notes=([budget_note(cfg)] if cpu else []) + list(notes))
         df, md = render(spec, records, problems, paper_numbers(spec))

@@ -14,7 +14,7 @@ from tests.conftest import compose
 # Published totals (parameters) of the hub models, for the meta-device builds from conf/backbone/*.yaml.
 PUBLISHED = {"llama2-7b": 6_738_415_616, "llama2-13b": 13_015_864_320, "gpt2-large": 774_030_080,
              "pythia-1.4b": 1_414_647_808, "gemma-2b": 2_506_172_416, "roberta-base": 124_645_632,
-             "roberta-large": 355_359_744, "smollm2-135m": 134_515_008}
+             "roberta-large": 355_359_744, "smollm2-135m": 134_515_008, "gpt2": 124_439_808}
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -261,3 +261,52 @@ def test_not_public_columns_are_shown_missing_with_the_reason(tmp_path):
     head = next(line for line in md.splitlines() if line.startswith("| method"))
     assert head.endswith("| HSM10K | Q2SQL |")
     assert "| para | missing | missing | missing | missing (not public: " in md
+
+
+def test_metric_columns_of_one_task_and_a_record_without_the_metric():
+    """`task:metric` columns (iapt.txt Table 3: the judge score and ROUGE-L of the alpaca records); a record
+    without the column's metric (no judge configured) is shown with that reason, not as a number."""
+    recs = [{"backbone": "llama2-7b", "task": "alpaca", "cell": c, "seed": s,
+             "metrics": {"rouge-l": 50.0 + s + (2 if c == "iapt" else 0), **({"gpt4-score": 7.0 + s / 10} if c == "iapt" else {})}}
+            for c in ("adalora", "iapt") for s in range(3)]
+    spec = TableSpec(paper="iapt", table=3, tasks=["alpaca:gpt4-score", "alpaca:rouge-l"], cells=["adalora", "iapt"],
+                     proposed="iapt", backbone="llama2-7b")
+    df, md = render(spec, recs, [], {("alpaca:rouge-l", "iapt"): 52.8})
+    row = df[(df.task == "alpaca:rouge-l") & (df.cell == "iapt")].iloc[0]
+    assert (row["median"], row["paper"]) == (53.0, 52.8)
+    assert df[(df.task == "alpaca:gpt4-score") & (df.cell == "iapt")].iloc[0]["median"] == pytest.approx(7.1)
+    adalora = next(line for line in md.splitlines() if line.startswith("| adalora |"))
+    assert "| missing (seed0: no 'gpt4-score' in its metrics (rouge-l); seed1:" in adalora
+    assert "<u>51.0</u> (50.0–52.0, n=3); vs iapt -2.0" in adalora
+
+
+def test_paper_numbers_of_metric_transfer_and_few_shot_columns():
+    """names.csv maps Table 3's metric columns to task:metric, Table 6's transfer columns to their test task
+    (IMDB -> SST-2 on SST-2's acc-f1), PARA Table 3's two-level "MT-Bench / gpt4-score" header, and Table
+    11's "Train / Eval / Tuning" rows to (eval task, method)."""
+    from runners.tables import paper_numbers
+
+    def numbers(paper, table, tasks, cells, backbone):
+        return paper_numbers(TableSpec(paper=paper, table=table, tasks=tasks, cells=cells, proposed=cells[-1],
+                                       backbone=backbone))
+
+    assert numbers("parade", 3, ["alpaca:gpt4-score", "alpaca:rouge-l"], ["adalora", "parade"], "llama2-7b") == {
+        ("alpaca:gpt4-score", "adalora"): 7.01, ("alpaca:rouge-l", "adalora"): 51.1,
+        ("alpaca:gpt4-score", "parade"): 7.23, ("alpaca:rouge-l", "parade"): 52.6}
+    para = numbers("para", 3, ["ultrachat:gpt4-score", "mmlu:acc"], ["adalora", "para"], "llama2-7b")
+    assert para[("ultrachat:gpt4-score", "para")] == 7.21 and para[("mmlu:acc", "adalora")] == 46.5 and len(para) == 4
+    t6 = numbers("idspam", 6, ["mrpc", "qqp", "imdb", "sst2:acc-f1"], ["lora", "idspam"], "roberta-large")
+    assert t6[("mrpc", "idspam")] == 70.9 and t6[("sst2:acc-f1", "lora")] == 87.6 and len(t6) == 32
+    t11 = numbers("idspam", 11, ["qqp", "mrpc"], ["full", "lpt", "idspam"], "roberta-large")
+    assert t11 == {("qqp", "full"): 81.7, ("qqp", "lpt"): 74.4, ("qqp", "idspam"): 73.1,
+                   ("mrpc", "full"): 79.7, ("mrpc", "lpt"): 69.4, ("mrpc", "idspam"): 72.5}
+
+
+def test_columns_must_name_grid_tasks():
+    from core.errors import UserError
+    from scripts import table
+
+    cfg, axes = table.grid("iapt_table3")
+    assert table.columns(cfg, axes["task"]) == ["alpaca:gpt4-score", "alpaca:rouge-l"]
+    with pytest.raises(UserError, match=r"columns \['boolq:acc'\] name no task of the grid; its tasks: alpaca"):
+        table.columns({"columns": ["boolq:acc"]}, axes["task"])

@@ -244,3 +244,21 @@ def test_zero_shot_row_is_shared_by_cells_with_other_learning_rates(tmp_results)
     assert R.comparable(records[0]["config"], drop_method=True)["runner"].keys() == set(R.ZERO_SHOT_RUNNER)
     with pytest.raises(Exception, match="different config"):
         run_cfg("seed=0", "runner.zero_shot=true", "runner.max_seq_len=64", "method=iapt", "variant=x")
+
+
+def test_init_peft_starts_from_another_runs_weights(tmp_results, tmp_path):
+    """runner.init_peft (id-spam.txt Table 11: tuned on a source task first): the run starts from the saved
+    weights, not the method's initialization (step 0's dev loss is the source run's best); a missing file or
+    another method's weights is one clear error."""
+    from core.errors import UserError
+
+    src = run_cfg("seed=0", "runner.max_steps=8")
+    weights = tmp_results / "tiny" / "synth-compare" / "lora" / "seed0.peft.safetensors"
+    cont = run_cfg("seed=0", "variant=cont", f"runner.init_peft={weights}")
+    assert cont["curve"]["dev"][0]["dev_loss"] == pytest.approx(src["dev"]["loss"], rel=1e-5), "step 0 = the source's best"
+    fresh = run_cfg("seed=0", "variant=fresh")
+    assert fresh["curve"]["dev"][0]["dev_loss"] != pytest.approx(cont["curve"]["dev"][0]["dev_loss"], rel=1e-5)
+    with pytest.raises(UserError, match="runner.init_peft='nope.safetensors' is not a file"):
+        run_cfg("seed=0", "variant=x", "runner.init_peft=nope.safetensors")
+    with pytest.raises(UserError, match="same method on the same backbone"):
+        run_cfg("seed=0", "variant=y", "method=iapt", f"runner.init_peft={weights}")
