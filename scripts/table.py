@@ -279,6 +279,7 @@ def main(argv: list[str]) -> None:
         raise UserError(f"run={opts['run']!r} must be true or false")
     extra = [f"results_dir={opts['results_dir']}"] if opts["results_dir"] else []
     cfg, axes = grid(experiment, extra)
+    columns(cfg, axes["task"])  # a bad `columns` entry fails now, not after the grid has run
     launcher = [f"hydra/launcher={opts['launcher']}"] if opts["launcher"] else []
     search = search_plan(cfg, axes)
     p = plan(cfg, axes)
