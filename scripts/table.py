@@ -18,11 +18,16 @@ An experiment with `lr_grid` (the CPU-scale tables) first chooses each method's 
 (method, rate) on the grid's first task and first seed, dev split only (`runner.eval_test=false`, records
 under <results_dir>/lr_search/, never aggregated); each method's cells then run with the rate of the lowest
 best dev loss (ties: the smaller rate), and the table's notes list the grid, the dev losses and the choice.
+
+`columns: [task, task:metric, ...]` in an experiment picks the rendered columns (Table 3: the judge score and
+ROUGE-L of one task). Under every table, a note names each run that gave one answer to >= 90% of its test
+rows (a collapsed model), read from its predictions file.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import statistics
@@ -207,6 +212,33 @@ def budget_note(cfg) -> str:
             + f", the first {r.max_test_examples} test rows at most (a task with fewer: all of them).")
 
 
+ONE_ANSWER = 0.9  # a run giving one answer to at least this share of its test rows is flagged under the table
+
+
+def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells: list[str]) -> list[str]:
+    """Notes on runs that collapsed to one answer (a degenerate model, e.g. a label prior learned instead of
+    the task): the answer given to >= ONE_ANSWER of the test rows while the gold labels are more balanced,
+    read from each record's predictions file. Open-ended tasks (answers mostly distinct) are never flagged."""
+    from collections import Counter
+
+    out = []
+    for r in sorted(records, key=lambda r: (r["task"], r["cell"], int(r["seed"]))):
+        path = r.get("_path", "").replace(".json", ".predictions.jsonl")
+        if r["backbone"] != backbone or r["task"] not in tasks or r["cell"] not in cells or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if not rows:
+            continue
+        answer, n = Counter(x["prediction"] for x in rows).most_common(1)[0]
+        gold = Counter(x["reference"] if isinstance(x["reference"], str) else x["reference"][0] for x in rows)
+        gold_top = gold.most_common(1)[0][1] / len(rows)
+        if n / len(rows) >= ONE_ANSWER and gold_top < ONE_ANSWER:
+            out.append(f"{r['cell']} {r['task']} seed {r['seed']}: one answer for {100 * n / len(rows):.0f}% of "
+                       f"the test rows ('{answer}'; the most frequent gold label covers {100 * gold_top:.0f}%)")
+    return out
+
+
 def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = ()) -> str:
     import pandas as pd
 
@@ -224,7 +256,8 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
             " at CPU scale: NOT the paper's setting (backbone, budget, data, test rows)" if cpu else "")
         spec = TableSpec(paper=paper, table=number, tasks=columns(cfg, p["tasks"]), cells=cells, proposed=PROPOSED[paper],
                          backbone=backbone, title=title, unavailable=not_public(paper, number),
-                         notes=([budget_note(cfg)] if cpu else []) + list(notes))
+                         notes=([budget_note(cfg)] if cpu else []) + list(notes)
+                         + one_answer_notes(records, backbone, p["tasks"], cells))
         df, md = render(spec, records, problems, paper_numbers(spec))
         dfs.append(df.assign(backbone=backbone))
         mds.append(md)

@@ -310,3 +310,27 @@ def test_columns_must_name_grid_tasks():
     assert table.columns(cfg, axes["task"]) == ["alpaca:gpt4-score", "alpaca:rouge-l"]
     with pytest.raises(UserError, match=r"columns \['boolq:acc'\] name no task of the grid; its tasks: alpaca"):
         table.columns({"columns": ["boolq:acc"]}, axes["task"])
+
+
+def test_runs_that_give_one_answer_are_flagged(tmp_path):
+    """A run answering one label for >= 90% of its test rows (gold balanced) gets a note under the table;
+    a balanced run, a task whose gold is itself one label, and open-ended answers do not."""
+    import json
+
+    from scripts.table import one_answer_notes
+
+    def rec(task, cell, preds, golds):
+        path = tmp_path / f"{task}-{cell}.json"
+        path.with_suffix(".predictions.jsonl").write_text("".join(
+            json.dumps({"id": i, "prediction": p, "reference": g}) + "\n" for i, (p, g) in enumerate(zip(preds, golds))))
+        return {"backbone": "b", "task": task, "cell": cell, "seed": 0, "_path": str(path)}
+
+    gold = ["positive", "negative"] * 10
+    recs = [rec("sst2", "iapt", ["positive"] * 19 + ["negative"], gold),
+            rec("sst2", "lora", gold, gold),
+            rec("copa", "lora", ["1"] * 20, ["1"] * 19 + ["2"]),
+            rec("squad", "lora", [f"answer {i}" for i in range(20)], [[f"a{i}"] for i in range(20)])]
+    notes = one_answer_notes(recs, "b", ["sst2", "copa", "squad"], ["iapt", "lora"])
+    assert notes == ["iapt sst2 seed 0: one answer for 95% of the test rows ('positive'; the most frequent gold "
+                     "label covers 50%)"]
+    assert one_answer_notes(recs, "other", ["sst2"], ["iapt"]) == [], "another backbone's runs are not read"
