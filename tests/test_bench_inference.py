@@ -65,7 +65,7 @@ def test_timed_path_generates_what_plain_and_untouched_generate(tiny, beams):
 
 
 # ------------------------------------------------------------------------------------- mixed-tenant batches
-@pytest.mark.parametrize("method", ["iapt", "parade", "lora"])
+@pytest.mark.parametrize("method", ["iapt", "parade", "para", "idspam", "lora"])
 @pytest.mark.parametrize("beams", [1, 3])
 def test_mixed_tenant_rows_equal_each_tenant_alone(tiny, method, beams):
     o, backbone, tok = tiny
@@ -265,17 +265,27 @@ def test_per_batch_caches_follow_their_inputs():
     assert torch.equal(got, want)
 
 
-@pytest.mark.parametrize("kw", [dict(activation="rational", pool_skip_first=True),
+_CAPSULE = dict(num_capsules=4, routing_iters=1, routing_init="attention")
+
+
+@pytest.mark.parametrize("kw", [dict(activation="rational", pool_skip_first=True),  # IAPT: stacked matmuls
                                 dict(activation="gelu", tie_up_down=True, out_dim=32),
-                                dict(activation="relu", down_bias=False)])
+                                dict(activation="relu", down_bias=False),
+                                # the others under torch.func.vmap: PARADE, PARA, ID-SPAM
+                                dict(pooler="capsule", pooler_kwargs=_CAPSULE, n_tokens=1, activation="gelu",
+                                     down_bias=False, init="zero_up_ones_bias", init_dist="uniform"),
+                                dict(pooler="last", pool_first=True, n_tokens=1, activation="gelu",
+                                     init="zero_up_ones_bias"),
+                                dict(pooler="self_attention", pool_first=True, n_tokens=10, activation="relu",
+                                     out_activation="relu", down_bias=False)])
 def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
     from pefts.blocks.generators import GeneratorBank
 
-    kw = {"out_dim": 24, **kw}
+    kw = {"out_dim": 24, "pooler": "attention", "n_tokens": 4, **kw}
     banks = []
     for seed in range(3):
         torch.manual_seed(seed)
-        bank = GeneratorBank(2, 1, in_dim=32, bottleneck=16, n_tokens=4, pooler="attention", **kw)
+        bank = GeneratorBank(2, 1, in_dim=32, bottleneck=16, **kw)
         with torch.no_grad():  # distinct tenants, rational coefficients included
             for p in bank.parameters():
                 p.add_(0.05 * torch.randn(p.shape))
@@ -283,6 +293,7 @@ def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
     x = torch.randn(5, 9, 32, generator=torch.Generator().manual_seed(7))
     mask = torch.ones(5, 9, dtype=torch.bool)
     mask[1, :4] = False
+    mask[3, 6:] = False
     of_row = torch.tensor([2, 0, 2, 1, 0])
     with torch.no_grad():
         got = GeneratorBank.forward_rows(banks, 1, x, mask, of_row)
@@ -290,3 +301,41 @@ def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
     assert got is not None
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     assert GeneratorBank.forward_rows(banks, 1, x, mask, of_row) is None  # training keeps the plain loop
+
+
+def test_tenant_stacks_kept_for_one_batch_and_rebuilt_after_an_edit():
+    from pefts.blocks.generators import GeneratorBank
+
+    banks = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        banks.append(GeneratorBank(4, 4, in_dim=16, bottleneck=8, out_dim=16, n_tokens=2))  # one shared group
+    x, mask, of_row = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool), torch.tensor([1, 0])
+    cache = {}
+    with torch.no_grad():
+        a = GeneratorBank.forward_rows(banks, 0, x, mask, of_row, cache=cache)
+        n = len(cache)
+        GeneratorBank.forward_rows(banks, 1, x, mask, of_row, cache=cache)  # same MLP_down / MLP_up / g
+        assert len(cache) == n + 1, "only layer 1's own pooler is stacked anew"
+        banks[1].generators[0].up.weight.mul_(2.0)  # a tenant's shared weight edited in place
+        b = GeneratorBank.forward_rows(banks, 0, x, mask, of_row, cache=cache)
+        want = torch.cat([banks[1](0, x[:1], mask[:1]), banks[0](0, x[1:], mask[1:])])
+    torch.testing.assert_close(b, want, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(a[0], b[0])
+
+
+@pytest.mark.parametrize("method", ["iapt", "parade"])
+def test_collected_hidden_states_are_not_edited_in_place(tiny, method):
+    """Inference edits a layer's input (soft tokens) and projection outputs (scaling) in place, except when
+    the caller collects hidden states, which must then equal those of the autograd (copying) path."""
+    o, backbone, tok = tiny
+    model = B.build_method(method, backbone, o)
+    ids, mask = _rows(tok, o, [PROMPT, PROMPT - 8])
+    with torch.no_grad():
+        fast = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    slow = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    for h_fast, h_slow in zip(fast.hidden_states, slow.hidden_states):
+        torch.testing.assert_close(h_fast, h_slow.detach(), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(plain, slow.logits.detach(), atol=1e-6, rtol=1e-5)

@@ -176,6 +176,70 @@ def _rational_rows(x: torch.Tensor, acts: Sequence[Rational], rows) -> torch.Ten
     return bounded_rational(x.to(ct), num, den, a0.bound, v, s).to(x.dtype)
 
 
+def _iapt_structure(gens: Sequence[Generator]) -> bool:
+    """Whether all tenants' generators have IAPT's structure with equal settings (`_iapt_rows`)."""
+    g0 = gens[0]
+    act = type(g0.activation)
+    if not all(type(g) is Generator and not g.pool_first and type(g.pooler) is AttentionPooler
+               and type(g.down) is nn.Linear and type(g.up) in (nn.Linear, TiedUp)
+               and type(g.activation) is act and (g.down.bias is None) == (g0.down.bias is None)
+               and (g.up.bias is None) == (g0.up.bias is None) and g.skip_first == g0.skip_first
+               and g.n_tokens == g0.n_tokens and g.out_dim == g0.out_dim
+               and type(g.out_activation) is type(g0.out_activation) for g in gens):
+        return False
+    if act is Rational:
+        return len({(g.activation.bound, g.activation.numerator.numel(), g.activation.denominator.numel())
+                    for g in gens}) == 1
+    return act is nn.ReLU or (act is nn.GELU and len({g.activation.approximate for g in gens}) == 1)
+
+
+def _iapt_rows(gens: Sequence[Generator], x: torch.Tensor, pool_mask: torch.Tensor, rows) -> torch.Tensor:
+    """IAPT's generator with row b's own weights (`rows`: per-bank tensors -> per row): the attention pool
+    of the down-projection as `pool_projected` with per-row matrices, then batched matmuls."""
+    g0 = gens[0]
+    dt = g0.down.weight.dtype
+    x = x.to(dt)
+    x0, m = x.masked_fill(~pool_mask.bool()[..., None], 0.0), pool_mask.bool()
+    z = pool_projected(x0, m, rows([g.down.weight for g in gens]), rows([g.pooler.weight for g in gens]).to(dt),
+                       rows([g.down.bias for g in gens]) if g0.down.bias is not None else None)  # [B, l_sp, m]
+    if type(g0.activation) is Rational:
+        z = _rational_rows(z, [g.activation for g in gens], rows)
+    else:
+        z = g0.activation(z)
+    wu = rows([g.up.weight if type(g.up) is nn.Linear else g.up.down[0].weight.t() for g in gens])  # [B, out, m]
+    y = torch.bmm(z, wu.transpose(1, 2))
+    if g0.up.bias is not None:
+        y = y + rows([g.up.bias for g in gens])[:, None, :]
+    if g0.out_activation is not None:
+        y = g0.out_activation(y)
+    return y.reshape(x.shape[0], g0.n_tokens, g0.out_dim)
+
+
+def _vmap_rows(gens: Sequence[Generator], x: torch.Tensor, mask: torch.Tensor, pool_mask: torch.Tensor,
+               rows) -> torch.Tensor | None:
+    """Any generator structure, row b with its own tenant's parameters and buffers: `torch.func.vmap` over
+    the rows of one `functional_call` of the first tenant's generator (a library feature instead of a
+    hand-batched copy of every pooler); None when the tenants' generators differ in structure."""
+    from torch.func import functional_call, vmap
+
+    def tensors(g):
+        return {**dict(g.named_parameters(remove_duplicate=False)), **dict(g.named_buffers(remove_duplicate=False))}
+
+    g0 = gens[0]
+    per = [tensors(g) for g in gens]
+    shapes = {k: (t.shape, t.dtype) for k, t in per[0].items()}
+    if not all(type(g) is type(g0) and {k: (t.shape, t.dtype) for k, t in p.items()} == shapes
+               for g, p in zip(gens, per)):
+        return None
+    state = {k: rows([p[k] for p in per]) for k in shapes}
+
+    def one(st, xb, mb, pb):
+        return functional_call(g0, st, (xb[None], mb[None], pb[None]), tie_weights=False, strict=True)[0]
+
+    p = next((t for t in per[0].values() if t.is_floating_point()), None)
+    return vmap(one)(state, x if p is None else x.to(p.dtype), mask, pool_mask)
+
+
 def _pooler_kwargs(pooler: str, kw: dict | None, n_tokens: int) -> dict:
     kw = dict(kw or {})
     if pooler == "attention":
@@ -326,54 +390,36 @@ class GeneratorBank(nn.Module):
 
     @staticmethod
     def forward_rows(banks: Sequence[GeneratorBank], layer_idx: int, x: torch.Tensor, mask: torch.Tensor,
-                     bank_of_row: torch.Tensor) -> torch.Tensor | None:
+                     bank_of_row: torch.Tensor, cache: dict | None = None) -> torch.Tensor | None:
         """Row b of `x` through `banks[bank_of_row[b]]` (several tenants' banks of one method) in one batched
-        pass instead of one call per bank: the tenants' weights of this layer are stacked and the
-        projections run as batched matmuls. Inference only (None with autograd on) and only for the
-        structure IAPT uses (down: Linear, attention pooler after it, rational / GELU / ReLU, up: Linear or
-        tied); None otherwise, and the caller loops. Equal to the per-bank calls up to float rounding."""
+        pass instead of one call per bank. Inference only (None with autograd on, and the caller loops).
+        IAPT's structure (down: Linear, attention pooler after it, rational / GELU / ReLU, up: Linear or tied)
+        runs as batched matmuls over the tenants' stacked weights (`_iapt_rows`); any other generator whose
+        tenants share one structure runs under `torch.func.vmap` over rows with each row's own parameters
+        (`_vmap_rows`); None when the tenants' generators differ in structure. `cache`: a dict kept for one
+        batch (the injector's per-call state): the per-row stacks are built once per batch for tensors that
+        several layers share (IAPT's MLP_down / MLP_up / g across L_s layers). Equal to the per-bank calls
+        up to float rounding."""
         if torch.is_grad_enabled():
             return None
         gens = [b.generator(layer_idx) for b in banks]
-        g0 = gens[0]
-        act = type(g0.activation)
-        if not all(type(g) is Generator and not g.pool_first and type(g.pooler) is AttentionPooler
-                   and type(g.down) is nn.Linear and type(g.up) in (nn.Linear, TiedUp)
-                   and type(g.activation) is act and (g.down.bias is None) == (g0.down.bias is None)
-                   and (g.up.bias is None) == (g0.up.bias is None) and g.skip_first == g0.skip_first
-                   and g.n_tokens == g0.n_tokens and g.out_dim == g0.out_dim
-                   and type(g.out_activation) is type(g0.out_activation) for g in gens):
-            return None
-        if act is Rational:
-            if len({(g.activation.bound, g.activation.numerator.numel(), g.activation.denominator.numel())
-                    for g in gens}) != 1:
-                return None
-        elif act not in (nn.GELU, nn.ReLU) or (act is nn.GELU and len({g.activation.approximate for g in gens}) != 1):
-            return None
-        dt = g0.down.weight.dtype
-        x = x.to(dt)
-        pool_mask = banks[0]._pool_mask(mask) if g0.skip_first else mask
+        cache = {} if cache is None else cache
         same = bank_of_row.numel() == len(gens) and bool(
             (bank_of_row == torch.arange(len(gens), device=bank_of_row.device)).all())
 
-        def rows(ts):  # stacked per bank -> per row
-            t = torch.stack(ts)
-            return t if same else t.index_select(0, bank_of_row)
+        def rows(ts):  # per-bank tensors -> stacked per row, once per batch for the same tensors
+            key = tuple(id(t) for t in ts)
+            hit = cache.get(key)
+            if hit is None or hit[0] != tuple(t._version for t in ts):
+                t = torch.stack(ts)
+                hit = cache[key] = (tuple(t_._version for t_ in ts), t if same else t.index_select(0, bank_of_row),
+                                    ts)  # `ts` held: the ids in the key stay theirs while the entry lives
+            return hit[1]
 
-        x0, m = x.masked_fill(~pool_mask.bool()[..., None], 0.0), pool_mask.bool()
-        z = pool_projected(x0, m, rows([g.down.weight for g in gens]), rows([g.pooler.weight.to(dt) for g in gens]),
-                           rows([g.down.bias for g in gens]) if g0.down.bias is not None else None)  # [B, l_sp, m]
-        if act is Rational:
-            z = _rational_rows(z, [g.activation for g in gens], rows)
-        else:
-            z = g0.activation(z)
-        wu = rows([g.up.weight if type(g.up) is nn.Linear else g.up.down[0].weight.t() for g in gens])  # [B, out, m]
-        y = torch.bmm(z, wu.transpose(1, 2))
-        if g0.up.bias is not None:
-            y = y + rows([g.up.bias for g in gens])[:, None, :]
-        if g0.out_activation is not None:
-            y = g0.out_activation(y)
-        return y.reshape(x.shape[0], g0.n_tokens, g0.out_dim)
+        pool_mask = banks[0]._pool_mask(mask) if gens[0].skip_first else mask
+        if _iapt_structure(gens):
+            return _iapt_rows(gens, x, pool_mask, rows)
+        return _vmap_rows(gens, x, mask, pool_mask, rows)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count with shared modules counted once."""

@@ -84,6 +84,7 @@ class _State:
         self.tenant = tenant
         self.tenant_generators = tenant_generators
         self.past = 0
+        self.in_place = False  # this backbone call may edit hidden states in place (`_Injector._base_pre`)
         self.vectors: dict[int, torch.Tensor] = {}  # scaling: layer -> [B, dim] (kept for decode)
         self.reads: dict[int, torch.Tensor] = {}  # read layer -> hidden states at prefill
         self.mults: dict[int, dict[str, torch.Tensor]] = {}  # scaling: layer -> multipliers (kept for decode)
@@ -91,6 +92,7 @@ class _State:
         self._groups = None
         self._group_instr = None  # (instruction mask, its rows per tenant group): `group_instr`
         self._group_inverse = self._group_of_row = None  # `group_inverse`, `group_of_row`
+        self.row_cache: dict = {}  # tenants' parameters stacked per row, for this batch (`forward_rows`)
 
     @property
     def batch(self) -> int:
@@ -108,6 +110,7 @@ class _State:
         if self.tenant is not None:
             self.tenant = self.tenant.repeat_interleave(k, 0)
         self._groups = self._group_instr = self._group_inverse = self._group_of_row = None
+        self.row_cache = {}
 
     def groups(self):
         """[(generator, rows)] per tenant present, or None for a single generator."""
@@ -254,6 +257,10 @@ class _Injector:
             return None
         cache = self._past.get(args, kwargs) if self._past is not None else None
         st.past = int(cache.get_seq_length()) if cache is not None else 0
+        # without autograd and without collected hidden states, nothing else holds a layer's input or a
+        # projection's output: the injection may edit them in place (no copy of [B, T, d] per layer)
+        st.in_place = not torch.is_grad_enabled() and not (
+            kwargs.get("output_hidden_states") or getattr(self.base.config, "output_hidden_states", False))
         assert not st.past or st.past >= st.instr.shape[1], (
             f"a call starting at cache position {st.past} < prompt length {st.instr.shape[1]} is not supported")
         x = self._ids.get(args, kwargs)
@@ -287,7 +294,7 @@ class _Injector:
         gens = [g for g, _ in groups]
         batched = getattr(type(gens[0]), "forward_rows", None)  # GeneratorBank: all tenants in one pass
         if batched is not None and all(type(g) is type(gens[0]) for g in gens):
-            out = batched(gens, layer, hidden, instr, st.group_of_row())
+            out = batched(gens, layer, hidden, instr, st.group_of_row(), cache=st.row_cache)
             if out is not None:
                 return out
         outs = [call_generator(gen, layer, hidden.index_select(0, rows), instr_g)
@@ -355,7 +362,11 @@ class SoftPromptInjector(_Injector):
             assert soft.shape == (hidden.shape[0], self.n, hidden.shape[2]), (
                 f"generator returned {tuple(soft.shape)}, expected {(hidden.shape[0], self.n, hidden.shape[2])}")
             idx = (st.soft_start[:, None] + torch.arange(self.n, device=hidden.device))[..., None]
-            hidden = hidden.scatter(1, idx.expand(-1, -1, hidden.shape[2]), soft.to(hidden.dtype))
+            idx, soft = idx.expand(-1, -1, hidden.shape[2]), soft.to(hidden.dtype)
+            if st.in_place and not any(r is hidden for r in st.reads.values()):
+                hidden.scatter_(1, idx, soft)  # the layer's input is the previous layer's output, held by none
+            else:
+                hidden = hidden.scatter(1, idx, soft)
             args, kwargs = self._hidden.put(args, kwargs, hidden)
         if i < self.layers[0]:
             mask = self._hide(st, self._mask.get(args, kwargs), q, hidden)
@@ -477,6 +488,8 @@ class ScalingInjector(_Injector):
             st.vectors[i] = vec[:, 0]
             mults = st.mults[i] = self._multipliers(vec[:, 0].to(hidden.dtype))
         self._cur[i] = mults
+        if not torch.is_grad_enabled():
+            return None
         # also through the layer's kwargs: activation checkpointing re-runs the layer's forward (not this
         # hook) in backward, and the attention module's pre-hook picks the multipliers up again there
         kwargs[_KW] = mults
@@ -510,7 +523,11 @@ class ScalingInjector(_Injector):
 
     def _scale_out(self, i: int, path: str, out):
         m = self._take(i, path)
-        return None if m is None else out * m
+        if m is None:
+            return None
+        if self.state is not None and self.state.in_place:  # a projection's fresh output, held by none
+            return out.mul_(m)
+        return out * m
 
     def _scale_in(self, i: int, path: str, args):
         m = self._take(i, path)
