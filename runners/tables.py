@@ -95,6 +95,11 @@ def section_backbone(label: str, backbones: list[str] | None = None) -> tuple[st
     return (max(found, key=len), rest) if found else (None, label)
 
 
+def strip_unit(head: str) -> str:
+    """A paper column's head without its trailing parenthesis: "SST-2 (acc)" -> "SST-2"."""
+    return re.sub(r"\s*\(.*\)$", "", head)
+
+
 def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str, str], float]:
     """{(task, cell): the paper's number} through results/paper/names.csv (the paper's method and task
     names -> harness names); empty when the table's CSV is not there. Where the table's rows (or columns)
@@ -114,9 +119,8 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
         """The harness column of a paper column: "SST-2 (acc)" -> sst2, "Avg GPT-4 score" -> whatever
         names.csv says (alpaca:gpt4-score), a two-level "MT-Bench / gpt4-score (...)" -> ultrachat:gpt4-score."""
         head, _, tail = column.partition(" / ")
-        task = next((names[("task", h)] for h in (column, head, re.sub(r"\s*\(.*\)$", "", head))
-                     if ("task", h) in names), None)
-        tail = re.sub(r"\s*\(.*\)$", "", tail)
+        task = next((names[("task", h)] for h in (column, head, strip_unit(head)) if ("task", h) in names), None)
+        tail = strip_unit(tail)
         return f"{task}:{tail}" if task and tail and ":" not in task else task
 
     out, means, paper_tasks = {}, {}, set()

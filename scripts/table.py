@@ -56,11 +56,13 @@ def not_public(paper: str, number: int) -> dict[str, str]:
     """{paper column: reason} of the paper table's columns that have no public data (results/paper CSV)."""
     import csv
 
+    from runners.tables import strip_unit
+
     path = os.path.join(ROOT, "results", "paper", f"{paper}_table{number}.csv")
     if not os.path.exists(path):
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        heads = dict.fromkeys(re.sub(r"\s*\(.*\)$", "", r["column"].split(" / ")[0]) for r in csv.DictReader(f))
+        heads = dict.fromkeys(strip_unit(r["column"].split(" / ")[0]) for r in csv.DictReader(f))
     return {h: NOT_PUBLIC[(paper, h)] for h in heads if (paper, h) in NOT_PUBLIC}
 
 
