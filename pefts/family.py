@@ -232,6 +232,7 @@ class FamilyModel(nn.Module):
         if kw.get("use_reentrant", False):
             assert self.injector.reentrant_checkpointing, "scaling vectors need use_reentrant=False checkpointing"
             self.backbone.enable_input_require_grads()
+        self.injector.enable_recompute()
         self.backbone.activation_checkpointing_enable(
             activation_checkpointing_kwargs=kw, every_n_layers=every_n_layers, offload=offload)
 

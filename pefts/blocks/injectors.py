@@ -245,6 +245,10 @@ class _Injector:
         finally:
             self.state = None
 
+    def enable_recompute(self) -> None:
+        """Called when activation checkpointing is enabled; soft prompts need nothing (their pre-hook writes
+        the layer's inputs, which the recomputation sees)."""
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
@@ -449,10 +453,9 @@ class ScalingInjector(_Injector):
                 perm = (s * d + h * hd + j).reshape(-1)
             self._recipes[path] = (where, parts, perm)
         self._last = list(self._recipes)[-1]
+        self._recompute = False  # activation checkpointing: multipliers also travel as a layer kwarg
         for i in self.layers:
             layer = self.layers_list[i]
-            self._handles.append(layer.get_submodule(self.arch.attn).register_forward_pre_hook(
-                lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True))
             for path, (where, _, _) in self._recipes.items():
                 mod = layer.get_submodule(path)
                 if where == "out":
@@ -488,12 +491,23 @@ class ScalingInjector(_Injector):
             st.vectors[i] = vec[:, 0]
             mults = st.mults[i] = self._multipliers(vec[:, 0].to(hidden.dtype))
         self._cur[i] = mults
-        if not torch.is_grad_enabled():
+        if not (self._recompute and torch.is_grad_enabled()):
             return None
         # also through the layer's kwargs: activation checkpointing re-runs the layer's forward (not this
         # hook) in backward, and the attention module's pre-hook picks the multipliers up again there
         kwargs[_KW] = mults
         return args, kwargs
+
+    def enable_recompute(self) -> None:
+        """Activation checkpointing is on: the multipliers also travel through each chosen layer's kwargs to a
+        pre-hook on its attention module, which a recomputed layer forward runs again. Installed only then:
+        every other call (inference, every decode step) skips one Python hook per layer."""
+        if self._recompute:
+            return
+        self._recompute = True
+        for i in self.layers:
+            self._handles.append(self.layers_list[i].get_submodule(self.arch.attn).register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True))
 
     def _multipliers(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         """{hooked module path: its multiplier [B, 1, width]} from the rows' vectors [B, sum(dims)]."""
