@@ -576,6 +576,17 @@ def write(o: Options, dev: str, result: dict, md: str) -> tuple[str, str]:
     return base + ".json", base + ".md"
 
 
+def _title(res: dict, what: str) -> str:
+    """A rendered record's heading: backbone, device, dtype, threads, clock, processor and the commit measured
+    (records of different machines or commits then say so in their first line)."""
+    cpu = f"; {res['device_name']}" if res.get("device_name") else ""
+    prov = res.get("provenance") or {}
+    at = (f"; commit {prov['git_commit'][:7]}{' + local changes' if prov.get('git_dirty') else ''}"
+          if prov.get("git_commit") else "")
+    return (f"# {what}: {res['backbone']} on {res['device']} ({res['dtype']}, {res['threads']} threads, "
+            f"{res['options']['clock']} clock{cpu}{at})")
+
+
 def _f(x, fmt="{:.3g}") -> str:
     return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
@@ -688,8 +699,7 @@ def render_table4(res: dict) -> str:
     mem_note = ("CUDA max allocated above the start" if res["device"] == "cuda"
                 else "peak of torch.profiler's allocation events")
     lines = [
-        f"# Table 4: inference efficiency, {res['backbone']} on {res['device']} ({res['dtype']}, "
-        f"{res['threads']} threads, {res['options']['clock']} clock{'; ' + res['device_name'] if res['device_name'] else ''})",
+        _title(res, "Table 4: inference efficiency"),
         "",
         f"Appendix G's news instruction: {res['prompt']['tokens']} tokens ({o['template']}"
         f"{', cut to prompt_tokens' if o['prompt_tokens'] else ''}; in full under this tokenizer: "
@@ -787,7 +797,7 @@ def run_tenants(o: Options) -> dict:
 
 def render_tenants(res: dict) -> str:
     o = res["options"]
-    lines = [f"# Mixed-tenant batches: {res['backbone']} on {res['device']} ({res['dtype']}, {res['threads']} threads, {res['options']['clock']} clock)",
+    lines = [_title(res, "Mixed-tenant batches"),
              "", f"B rows of Appendix G's instruction ({res['prompt']['tokens']} tokens), row k from tenant k (its own "
              f"module), {o['new_tokens']} new tokens forced; input-aware methods via `tenant_ids`, LoRA via peft "
              f"`adapter_names`; {o['rounds']} interleaved rounds ({o['warmup']} warm-up). `× bare`: median per-round "
@@ -944,7 +954,7 @@ def run_stream(o: Options) -> dict:
 
 def render_stream(res: dict) -> str:
     o, s = res["options"], res["stream"]
-    lines = [f"# Request stream: {res['backbone']} on {res['device']} ({res['dtype']}, {res['threads']} threads, {res['options']['clock']} clock)", "",
+    lines = [_title(res, "Request stream"), "",
              f"{s['requests']} requests per run, Poisson arrivals at {s['rate_per_s']:.3g}/s ({o['load']} × the bare "
              f"backbone's single-request rate), prompts of 16–{res['prompt']['tokens']} tokens, {o['new_tokens']} new "
              f"tokens forced, FIFO dynamic batching up to {s['max_batch']} mixed-tenant rows (virtual clock, measured "

@@ -114,6 +114,9 @@ def _run(tmp_path, mode, *extra):
     data = json.loads(open(paths[0], encoding="utf-8").read())
     md = open(paths[1], encoding="utf-8").read()
     assert data["mode"] == mode and data["backbone"] == "tiny" and data["provenance"]["packages"]["torch"]
+    title = md.splitlines()[0]  # names the processor and the commit measured (records from several machines)
+    assert title.startswith("# ") and (data["device_name"] or "") in title
+    assert (data["provenance"]["git_commit"] or "")[:7] in title
     return data, md, paths
 
 
