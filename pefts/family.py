@@ -240,6 +240,7 @@ class FamilyModel(nn.Module):
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kw)
 
     def gradient_checkpointing_disable(self):
+        self.injector.enable_recompute(False)
         self.backbone.gradient_checkpointing_disable()
 
 

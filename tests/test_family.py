@@ -398,13 +398,15 @@ def test_activation_checkpointing_gives_same_gradients(injector, layers, positio
 
 def test_scaling_attention_hooks_only_under_checkpointing():
     """Inference (every decode step) runs no Python hook on the attention modules: the pre-hook that carries the
-    multipliers into a recomputed layer is installed by activation_checkpointing_enable, once."""
+    multipliers into a recomputed layer is installed by activation_checkpointing_enable, once, and removed again."""
     fam = family("llama", "scaling", layers="all")
     attn = [layer.self_attn for layer in layer_list(fam.backbone)]
     assert all(not a._forward_pre_hooks for a in attn)
     fam.activation_checkpointing_enable()
     fam.gradient_checkpointing_enable()
     assert [len(a._forward_pre_hooks) for a in attn] == [1] * len(attn)
+    fam.gradient_checkpointing_disable()
+    assert all(not a._forward_pre_hooks for a in attn)
 
 
 def test_hf_trainer_steps(tmp_path):

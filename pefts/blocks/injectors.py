@@ -245,9 +245,9 @@ class _Injector:
         finally:
             self.state = None
 
-    def enable_recompute(self) -> None:
-        """Called when activation checkpointing is enabled; soft prompts need nothing (their pre-hook writes
-        the layer's inputs, which the recomputation sees)."""
+    def enable_recompute(self, on: bool = True) -> None:
+        """Called when activation checkpointing is enabled (on=True) or disabled; soft prompts need nothing
+        (their pre-hook writes the layer's inputs, which the recomputation sees)."""
 
     def remove(self) -> None:
         for h in self._handles:
@@ -453,7 +453,7 @@ class ScalingInjector(_Injector):
                 perm = (s * d + h * hd + j).reshape(-1)
             self._recipes[path] = (where, parts, perm)
         self._last = list(self._recipes)[-1]
-        self._recompute = False  # activation checkpointing: multipliers also travel as a layer kwarg
+        self._attn_handles = []  # pre-hooks on attention modules, only under activation checkpointing
         for i in self.layers:
             layer = self.layers_list[i]
             for path, (where, _, _) in self._recipes.items():
@@ -491,23 +491,28 @@ class ScalingInjector(_Injector):
             st.vectors[i] = vec[:, 0]
             mults = st.mults[i] = self._multipliers(vec[:, 0].to(hidden.dtype))
         self._cur[i] = mults
-        if not (self._recompute and torch.is_grad_enabled()):
+        if not (self._attn_handles and torch.is_grad_enabled()):
             return None
         # also through the layer's kwargs: activation checkpointing re-runs the layer's forward (not this
         # hook) in backward, and the attention module's pre-hook picks the multipliers up again there
         kwargs[_KW] = mults
         return args, kwargs
 
-    def enable_recompute(self) -> None:
-        """Activation checkpointing is on: the multipliers also travel through each chosen layer's kwargs to a
-        pre-hook on its attention module, which a recomputed layer forward runs again. Installed only then:
-        every other call (inference, every decode step) skips one Python hook per layer."""
-        if self._recompute:
-            return
-        self._recompute = True
-        for i in self.layers:
-            self._handles.append(self.layers_list[i].get_submodule(self.arch.attn).register_forward_pre_hook(
-                lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True))
+    def enable_recompute(self, on: bool = True) -> None:
+        """Activation checkpointing on: the multipliers also travel through each chosen layer's kwargs to a
+        pre-hook on its attention module, which a recomputed layer forward runs again. Installed only while it
+        is on: every other call (inference, every decode step) skips one Python hook per layer."""
+        if on and not self._attn_handles:
+            self._attn_handles = [self.layers_list[i].get_submodule(self.arch.attn).register_forward_pre_hook(
+                lambda mod, args, kwargs, i=i: self._attn_pre(i, args, kwargs), with_kwargs=True) for i in self.layers]
+        elif not on:
+            for h in self._attn_handles:
+                h.remove()
+            self._attn_handles = []
+
+    def remove(self) -> None:
+        self.enable_recompute(False)
+        super().remove()
 
     def _multipliers(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         """{hooked module path: its multiplier [B, 1, width]} from the rows' vectors [B, sum(dims)]."""
