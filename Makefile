@@ -55,18 +55,18 @@ tables: $(STAMP)  ## every paper table of the scale that has an experiment confi
 	  case "$$e" in *_cpu) [ "$(SUFFIX)" = _cpu ] || continue;; *) [ -z "$(SUFFIX)" ] || continue;; esac; \
 	  $(BIN)/python -m scripts.table experiment=$$e $(TABLE_ARGS) || exit $$?; done
 
-# Inference efficiency (scripts/bench_inference.py; run it alone on a quiet machine): the papers' Table 4 on
+# Inference efficiency (scripts/bench/; run it alone on a quiet machine): the papers' Table 4 on
 # SmolLM2-135M, mixed-tenant batches, a request stream. BENCH_ARGS adds options (rounds=20 threads=2 device=cuda ...).
 BENCH_ARGS ?=
 
 table4: $(STAMP)  ## inference Table 4: beams 1 and 3, 100 interleaved rounds -> results/bench/table4.{json,md}
-	$(BIN)/python -m scripts.bench_inference table4 $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench table4 $(BENCH_ARGS)
 
 bench-tenants: $(STAMP)  ## B = 1, 4, 16, 64 mixed-tenant rows -> results/bench/tenants.*, results/figures/bench_tenants.png
-	$(BIN)/python -m scripts.bench_inference tenants $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench tenants $(BENCH_ARGS)
 
 bench-stream: $(STAMP)  ## Poisson request stream from N = 1, 16, 256 tenants -> results/bench/stream.{json,md}
-	$(BIN)/python -m scripts.bench_inference stream $(BENCH_ARGS)
+	$(BIN)/python -m scripts.bench stream $(BENCH_ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache

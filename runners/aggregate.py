@@ -17,7 +17,7 @@ import sys
 
 import pandas as pd
 
-from runners.results import CorruptRecord, atomic_write_text, comparable, diff_keys, read_record
+from runners.results import ZERO_SHOT, CorruptRecord, atomic_write_text, comparable, diff_keys, read_record
 
 COLUMNS = ["backbone", "task", "cell", "metric", "median", "n", "min", "max", "seeds", "trainable"]
 PROBLEM_COLUMNS = ["backbone", "task", "cell", "seed", "problem", "path"]
@@ -52,10 +52,10 @@ def scan(results_dir: str) -> tuple[list[dict], list[dict]]:
         cells.setdefault((rec["backbone"], rec["task"], rec["cell"]), []).append(rec)
     clean = []
     for key, recs in cells.items():
-        ref = comparable(recs[0]["config"], drop_method=recs[0]["method"] == "zero-shot")
+        ref = comparable(recs[0]["config"], drop_method=recs[0]["method"] == ZERO_SHOT)
         diffs = []
         for rec in recs[1:]:
-            d = diff_keys(ref, comparable(rec["config"], drop_method=rec["method"] == "zero-shot"))
+            d = diff_keys(ref, comparable(rec["config"], drop_method=rec["method"] == ZERO_SHOT))
             diffs += [f"seed{rec['seed']} vs seed{recs[0]['seed']}: {x}" for x in d]
         if diffs:
             problems.append({"backbone": key[0], "task": key[1], "cell": key[2], "seed": "*",

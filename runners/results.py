@@ -42,18 +42,45 @@ NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "data_root
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "wandb", "accelerate", "gguf")
 REQUIRED_KEYS = ("schema", "backbone", "task", "method", "cell", "seed", "status", "metrics", "dev", "params",
                  "config", "provenance", "wall_time_s", "curve")
+# the order of a record's keys after its identity (JSON keeps it; records stay byte-comparable across versions)
+RECORD_ORDER = ("status", "metrics", "dev", "params", "config", "provenance", "wall_time_s", "curve",
+                "split_sizes", "protocol", "chance", "steps", "effective_batch_size")
+
+
+def new_record(cfg, config: dict, cell: str | None = None, **fields) -> dict:
+    """The one builder of run records: the trained run's, the untrained backbone's (cell=ZERO_SHOT: method
+    zero-shot, no variant, seed 0) and a failed run's stub (identity and config only, `write_failed` adds the
+    error). `fields` are the keys of RECORD_ORDER, written in that order."""
+    unknown = set(fields) - set(RECORD_ORDER)
+    assert not unknown, f"new_record: unknown record keys {sorted(unknown)}; known: {RECORD_ORDER}"
+    zero = cell == ZERO_SHOT
+    record = {"schema": SCHEMA_VERSION, "backbone": cfg.backbone.name, "task": cfg.task.name,
+              "method": ZERO_SHOT if zero else cfg.method.name, "variant": None if zero else cfg.variant,
+              "cell": cell or cell_name(cfg), "seed": 0 if zero else cfg.seed}
+    fields["config"] = config
+    record.update((k, fields[k]) for k in RECORD_ORDER if k in fields)
+    return record
 
 
 def cell_name(cfg) -> str:
     return cfg.variant or cfg.method.name
 
 
-def result_path(cfg, cell: str | None = None) -> str:
+def result_path(cfg, cell: str | None = None, seed: int | None = None) -> str:
+    """<results_dir>/<backbone>/<task>/<cell>/seed<k>.json of the run `cfg` names (or of another cell or seed
+    of its backbone and task: the zero-shot row is `cell=ZERO_SHOT, seed=0`)."""
     cell = cell or cell_name(cfg)
+    seed = cfg.seed if seed is None else seed
     for what, value in (("backbone", cfg.backbone.name), ("task", cfg.task.name), ("variant/method", cell)):
         if not value or "/" in str(value) or str(value).startswith("."):
             raise UserError(f"{what} name '{value}' cannot be used in a result path (no '/', no leading '.')")
-    return os.path.join(cfg.results_dir, cfg.backbone.name, cfg.task.name, cell, f"seed{cfg.seed}.json")
+    return run_path(cfg.results_dir, cfg.backbone.name, cfg.task.name, cell, seed)
+
+
+def run_path(results_dir: str, backbone: str, task: str, cell: str, seed: int | str) -> str:
+    """The record of one run, <results_dir>/<backbone>/<task>/<cell>/seed<k>.json, from plain names (the
+    layout of the module docstring; `result_path` checks the names of a run about to be written)."""
+    return os.path.join(results_dir, backbone, task, cell, f"seed{seed}.json")
 
 
 # keys added after records existed, with the value every older record was computed with

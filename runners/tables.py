@@ -5,15 +5,20 @@ paper's table has one) a Mean column over the table's tasks.
 
     spec = TableSpec(paper="iapt", table=1, tasks=["sst2", "rte"], cells=["lora", "iapt"], proposed="iapt")
     df, md = render(spec, records, problems, paper_numbers(spec))
+    md = render_table("iapt_table1_cpu", cfg, plan, out_dir)   # a table experiment's blocks, files and notes
 
 `records`/`problems` are `runners.aggregate.scan`'s. Higher is better for every metric rendered here
-(accuracy, F1, ROUGE, execution accuracy, judge scores), as in the papers' tables.
+(accuracy, F1, ROUGE, execution accuracy, judge scores), as in the papers' tables. What the tables know of
+each paper (its proposed method, its columns without public data, its row labels) is data:
+results/paper/papers.yaml, read by `papers()`. `python -m scripts.table experiment=<paper>_table<N>` plans,
+runs and renders a table (scripts/table.py).
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
 import os
 import re
@@ -23,7 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from runners.results import ZERO_SHOT
+from core.errors import UserError
+from runners.results import ZERO_SHOT, atomic_write_text
+from runners.table_plan import lr_str
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIR = os.path.join(ROOT, "results", "paper")
@@ -31,11 +38,12 @@ BACKBONE_DIR = os.path.join(ROOT, "conf", "backbone")
 MEAN = "mean"  # the Mean column's task name: in the long table, the markdown header and paper_numbers' keys
 NO_METRIC = " in its metrics "  # a finished record without a column's metric (e.g. no judge configured)
 MEAN_HEADS = ("Mean", "AVG", "Average")  # the papers' headers of an average over the table's tasks
+PAIRED = ("vs_n_pairs", "vs_mean_diff", "vs_ci_low", "vs_ci_high", "vs_p_wilcoxon")  # the long table's `paired`
 
 
 @dataclass
 class TableSpec:
-    paper: str  # iapt | parade | para | idspam (results/paper/<paper>_table<N>.csv)
+    paper: str  # a paper of results/paper/papers.yaml (results/paper/<paper>_table<N>.csv)
     table: int  # the paper's table number
     # columns: harness task names (their headline metric), or `task:metric` for another metric of a task's
     # records (iapt.txt Table 3: alpaca:gpt4-score, alpaca:rouge-l)
@@ -74,6 +82,39 @@ def paired(ours: dict[int, float], ref: dict[int, float], n_boot: int = 10_000, 
 
 
 # -- paper numbers -----------------------------------------------------------------------------------------
+@functools.cache
+def papers(paper_dir: str = PAPER_DIR) -> dict[str, dict]:
+    """{paper: {proposed, not_public: {column: reason}, rows: {table: label parts}}} of
+    <paper_dir>/papers.yaml (its comments say what each key means); {} without the file."""
+    import yaml
+
+    path = os.path.join(paper_dir, "papers.yaml")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        about = yaml.safe_load(f)
+    return {paper: {"not_public": {}, "rows": {}, **(keys or {})} for paper, keys in about.items()}
+
+
+def table_of(experiment: str) -> tuple[str, int, bool] | None:
+    """(paper, table number, CPU scale) of a table experiment's name `<paper>_table<N>[_cpu]` (a paper of
+    papers.yaml), None for any other name."""
+    m = re.fullmatch(rf"({'|'.join(map(re.escape, papers()))})_table(\d+)(_cpu)?", experiment)
+    return (m[1], int(m[2]), bool(m[3])) if m else None
+
+
+def not_public(paper: str, number: int) -> dict[str, str]:
+    """{paper column: reason} of the paper table's columns that have no public data (papers.yaml's
+    not_public among the columns of results/paper/<paper>_table<N>.csv)."""
+    path = os.path.join(PAPER_DIR, f"{paper}_table{number}.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        heads = dict.fromkeys(strip_unit(r["column"].split(" / ")[0]) for r in csv.DictReader(f))
+    reasons = papers()[paper]["not_public"]
+    return {h: reasons[h] for h in heads if h in reasons}
+
+
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -103,8 +144,10 @@ def strip_unit(head: str) -> str:
 def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str, str], float]:
     """{(task, cell): the paper's number} through results/paper/names.csv (the paper's method and task
     names -> harness names); empty when the table's CSV is not there. Where the table's rows (or columns)
-    are in sections per backbone (`section_backbone`), only `spec.backbone`'s section counts. The paper's
-    Mean (`MEAN_HEADS`) comes as (MEAN, cell) when the paper's task columns are exactly `spec.tasks`."""
+    are in sections per backbone (`section_backbone`), only `spec.backbone`'s section counts. Where
+    papers.yaml gives the table's row label parts (id-spam Table 11: train / task / method), a number's task
+    is its row's. The paper's Mean (`MEAN_HEADS`) comes as (MEAN, cell) when the paper's task columns are
+    exactly `spec.tasks`."""
     path = os.path.join(paper_dir, f"{spec.paper}_table{spec.table}.csv")
     names_path = os.path.join(paper_dir, "names.csv")
     if not os.path.exists(path) or not os.path.exists(names_path):
@@ -114,6 +157,7 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
         for row in csv.DictReader(f):
             if row["paper"] == spec.paper:
                 names[(row["kind"], row["paper_name"])] = row["harness_name"]
+    parts = papers(paper_dir).get(spec.paper, {}).get("rows", {}).get(spec.table)
 
     def task_of(column: str) -> str | None:
         """The harness column of a paper column: "SST-2 (acc)" -> sst2, "Avg GPT-4 score" -> whatever
@@ -130,9 +174,9 @@ def paper_numbers(spec: TableSpec, paper_dir: str = PAPER_DIR) -> dict[tuple[str
             if {row_bb, col_bb} - {None, spec.backbone}:
                 continue  # another backbone's number
             task = None if column in MEAN_HEADS else task_of(column)
-            *tasks, last = method.split(" / ")
-            if task is None and column not in MEAN_HEADS and tasks and all(("task", t) in names for t in tasks):
-                task, method = names[("task", tasks[-1])] or None, last  # "Train / Eval / Tuning" rows (id-spam Table 11)
+            if parts:  # the label's parts, e.g. {"train": "MRPC", "task": "QQP", "method": "LPT"}
+                label = dict(zip(parts, method.split(" / ")))
+                task, method = names.get(("task", label["task"])) or None, label["method"]
             cell = names.get(("method", method))
             if task is not None:
                 paper_tasks.add(task)
@@ -252,10 +296,9 @@ def _marked(x: float, mark: str) -> str:
 def _beside(spec: TableSpec, r) -> str:
     """The paper's number and the difference, then the paired test against the proposed cell."""
     text = "" if math.isnan(r.paper) else f"; paper {_fmt(r.paper)} ({r.diff:+.1f})"
-    p = getattr(r, "vs_p_wilcoxon", math.nan)
-    if isinstance(p, float) and not math.isnan(p):
+    if not math.isnan(r.vs_p_wilcoxon):
         text += (f"; vs {spec.proposed} {r.vs_mean_diff:+.1f} [{_fmt(r.vs_ci_low)}, {_fmt(r.vs_ci_high)}]"
-                 f" p={p:.2f}")
+                 f" p={r.vs_p_wilcoxon:.2f}")
     return text
 
 
@@ -263,6 +306,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
     """The markdown of `render`'s long table: a column per task, the unavailable ones, and the Mean where
     the long table has its rows."""
     title = spec.title or f"{spec.paper.upper()} Table {spec.table} ({spec.backbone})"
+    # every row with the paired test's columns: NaN where `render` had no pair to test (none at all: no column)
+    df = df.reindex(columns=[*df.columns, *(c for c in PAIRED if c not in df)])
     by = {(r.task, r.cell): r for r in df.itertuples()}
     mean = bool(spec.cells) and all((MEAN, c) in by for c in spec.cells)
     ranked = [*spec.tasks, *([MEAN] if mean else [])]
@@ -299,3 +344,117 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
                   "seeds that have every task)."]
     lines += [f"- {n}" for n in spec.notes]
     return "\n".join(lines) + "\n"
+
+
+# -- a table experiment: its blocks, notes and files -------------------------------------------------------
+def columns(cfg, tasks: list[str]) -> list[str]:
+    """The table's columns: the experiment's `columns` (`task` or `task:metric`, each of a grid task), else
+    the grid's tasks."""
+    cols = list(cfg.get("columns") or tasks)
+    bad = [c for c in cols if column_task(c) not in tasks]
+    if bad:
+        raise UserError(f"columns {bad} name no task of the grid; its tasks: {', '.join(tasks)} "
+                        "(a column is `task` or `task:metric`)")
+    return cols
+
+
+def budget_note(cfg) -> str:
+    r = cfg.runner
+    return (f"Budget: {r.max_steps} steps x {r.batch_size} rows, dev loss every {r.eval_steps} steps on "
+            f"{r.max_dev_examples} dev rows (best restored), test answers by `{r.scoring}`"
+            + (f" (beam {r.num_beams})" if r.scoring == "generate" else "")
+            + f", the first {r.max_test_examples} test rows at most (a task with fewer: all of them).")
+
+
+def search_notes(search: dict) -> list[str]:
+    """The table's notes on the learning-rate choice (runners/table_plan.py `search_plan`)."""
+    grid = ", ".join(lr_str(x) for x in search["grid"])
+    out = [f"Learning rate per method, chosen on {search['task']} dev (seed {search['seed']}; no test rows read) "
+           f"from [{grid}] by the lowest best dev loss:"]
+    for method, d in search["losses"].items():
+        per = " / ".join(f"{lr_str(lr)}: {d[lr]:.3f}" if lr in d else f"{lr_str(lr)}: –" for lr in search["grid"])
+        pick = search["chosen"].get(method)
+        out.append(f"{method}: lr {lr_str(pick) if pick else 'not chosen yet'} (best dev loss at each rate: {per})")
+    return out
+
+
+ONE_ANSWER = 0.9  # a run giving one answer to at least this share of its test rows is flagged under the table
+
+
+def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells: list[str]) -> list[str]:
+    """Notes on runs that collapsed to one answer (a degenerate model, e.g. a label prior learned instead of
+    the task): the answer given to >= ONE_ANSWER of the test rows while the gold labels are more balanced,
+    read from each record's predictions file. Open-ended tasks (answers mostly distinct) are never flagged."""
+    from collections import Counter
+
+    out = []
+    for r in sorted(records, key=lambda r: (r["task"], r["cell"], int(r["seed"]))):
+        path = r.get("_path", "").replace(".json", ".predictions.jsonl")
+        if r["backbone"] != backbone or r["task"] not in tasks or r["cell"] not in cells or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if not rows:
+            continue
+        answer, n = Counter(x["prediction"] for x in rows).most_common(1)[0]
+        gold = Counter(x["reference"] if isinstance(x["reference"], str) else x["reference"][0] for x in rows)
+        gold_top = gold.most_common(1)[0][1] / len(rows)
+        if n / len(rows) >= ONE_ANSWER and gold_top < ONE_ANSWER:
+            out.append(f"{r['cell']} {r['task']} seed {r['seed']}: one answer for {100 * n / len(rows):.0f}% of "
+                       f"the test rows ('{answer}'; the most frequent gold label covers {100 * gold_top:.0f}%)")
+    return out
+
+
+def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None) -> str:
+    """A table experiment's table from its plan (runners/table_plan.py `plan`), a block per backbone beside
+    the paper's numbers, written to <out_dir>/<experiment>.{md,csv} and logged to W&B when the logger is on.
+    `plot(records, tasks, cells, out, title=, backbone=)` draws each block's seeds beside it (scripts.table
+    passes scripts/figures.py's plot_seeds: runners/ draws no figures). Returns the markdown, with where
+    the plots and the W&B run went."""
+    from runners.aggregate import scan
+
+    paper, number, cpu = table_of(experiment)
+    records, problems = scan(cfg.results_dir)
+    cells = p["cells"] + ([ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
+    dfs, mds = [], []
+    for backbone in p.get("backbones") or [cfg.backbone.name]:
+        title = f"{paper.upper()} Table {number}, {backbone}" + (
+            " at CPU scale: NOT the paper's setting (backbone, budget, data, test rows)" if cpu else "")
+        spec = TableSpec(paper=paper, table=number, tasks=columns(cfg, p["tasks"]), cells=cells,
+                         proposed=papers()[paper]["proposed"], backbone=backbone, title=title,
+                         unavailable=not_public(paper, number),
+                         notes=([budget_note(cfg)] if cpu else []) + list(notes)
+                         + one_answer_notes(records, backbone, p["tasks"], cells))
+        df, md = render(spec, records, problems, paper_numbers(spec))
+        dfs.append(df.assign(backbone=backbone))
+        mds.append(md)
+    df, md = pd.concat(dfs, ignore_index=True), "\n".join(mds)
+    os.makedirs(out_dir, exist_ok=True)
+    atomic_write_text(os.path.join(out_dir, f"{experiment}.md"), md)
+    atomic_write_text(os.path.join(out_dir, f"{experiment}.csv"), df.to_csv(index=False))
+    for backbone in (p.get("backbones") or [cfg.backbone.name]) if plot else []:  # every seed of every cell
+        name = experiment if len(p.get("backbones") or [1]) == 1 else f"{experiment}_{backbone}"
+        fig = plot(records, p["tasks"], cells, os.path.join(out_dir, f"{name}.png"),
+                   title=f"{experiment} ({backbone}): each seed, median bar", backbone=backbone)
+        if fig:
+            md += f"\nSeeds plot: {fig}\n"
+    where = log_wandb(cfg, experiment, df)
+    return md + (f"\nW&B table: {where}\n" if where else "")
+
+
+def log_wandb(cfg, experiment: str, df) -> str | None:
+    """The rendered table as a `wandb.Table` in a run of its own (job_type table) when the logger is on;
+    offline without an API key, as the runs are. Returns the run's folder."""
+    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+        return None
+    import wandb
+
+    mode = cfg.logger.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    run = wandb.init(project=cfg.logger.project, name=experiment, job_type="table", mode=mode,
+                     dir=os.path.abspath(cfg.logger.dir), reinit="finish_previous")
+    run.log({experiment: wandb.Table(dataframe=df.astype(str))})
+    folder = os.path.dirname(run.dir)
+    run.finish()
+    return folder

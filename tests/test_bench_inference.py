@@ -1,4 +1,4 @@
-"""Tests of the inference benchmark (scripts/bench_inference.py) on the tiny backbone: the timed path generates
+"""Tests of the inference benchmarks (scripts/bench/) on the tiny backbone: the timed path generates
 exactly what plain `generate` and an untouched build generate, mixed-tenant batches give every row what its
 tenant gives alone, every mode runs end to end and writes well-formed JSON / markdown / PNG, bad options exit 2.
 
@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from core.errors import exit_on_user_error
-from scripts import bench_inference as B
+from scripts.bench import common as C
+from scripts.bench.__main__ import main, run
+from scripts.bench.options import DEFAULT_METHODS, parse
+from scripts.bench.stream import make_stream
 
 PROMPT = 64  # instruction tokens kept in these tests (byte-level tokenizer: 977 in full)
 
@@ -23,19 +26,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def options(mode="table4", *extra):
-    return B.parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", *extra])
+    return parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", *extra])
 
 
 @pytest.fixture(scope="module")
 def tiny():
     o = options()
-    backbone, tok, _ = B.load(o)
+    backbone, tok, _ = C.load(o)
     return o, backbone, tok
 
 
 def _rows(tok, o, lengths):
-    prompt = B.instruction(tok, o)
-    return B.batch_of([prompt[:n] for n in lengths], tok.pad_token_id, "cpu")
+    prompt = C.instruction(tok, o)
+    return C.batch_of([prompt[:n] for n in lengths], tok.pad_token_id, "cpu")
 
 
 # ----------------------------------------------------------------------------------------- timed path = plain
@@ -43,17 +46,17 @@ def _rows(tok, o, lengths):
 def test_timed_path_generates_what_plain_and_untouched_generate(tiny, beams):
     o, backbone, tok = tiny
     ids, mask = _rows(tok, o, [PROMPT])
-    kw = B.gen_kwargs(tok, o.new_tokens, beams)
-    models = {m: B.build_method(m, backbone, o) for m in o.methods}  # all on one shared backbone
+    kw = C.gen_kwargs(tok, o.new_tokens, beams)
+    models = {m: C.build_method(m, backbone, o) for m in o.methods}  # all on one shared backbone
     for m, model in models.items():
-        clock = B.StepClock(B.causal_lm(model), cuda=False)
-        timed, t = B.timed_generate(model, clock, ids, mask, kw)
+        clock = C.StepClock(C.causal_lm(model), cuda=False)
+        timed, t = C.timed_generate(model, clock, ids, mask, kw)
         clock.remove()
         assert timed.shape == (1, o.new_tokens) and t.total_s >= t.ttft_s > 0 and t.decode_s > 0
         with torch.no_grad():
             plain = model.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
-            fresh_backbone = B.load(o)[0]  # seeded: the same weights, no sharing, no hooks
-            untouched = B.build_method(m, fresh_backbone, o, share=False)
+            fresh_backbone = C.load(o)[0]  # seeded: the same weights, no sharing, no hooks
+            untouched = C.build_method(m, fresh_backbone, o, share=False)
             alone = untouched.generate(input_ids=ids, attention_mask=mask, **kw)[:, ids.shape[1]:]
         assert torch.equal(timed, plain), m
         assert torch.equal(timed, alone), m
@@ -69,19 +72,19 @@ def test_timed_path_generates_what_plain_and_untouched_generate(tiny, beams):
 @pytest.mark.parametrize("beams", [1, 3])
 def test_mixed_tenant_rows_equal_each_tenant_alone(tiny, method, beams):
     o, backbone, tok = tiny
-    model = B.build_method(method, backbone, o)
-    names = B.add_tenants(model, 4, o)
-    assert len(set(names)) == 4 and B.tenant_bytes(model, names[-1]) == B.tenant_bytes(model) > 0
+    model = C.build_method(method, backbone, o)
+    names = C.add_tenants(model, 4, o)
+    assert len(set(names)) == 4 and C.tenant_bytes(model, names[-1]) == C.tenant_bytes(model) > 0
     lengths = [PROMPT, 40, PROMPT - 8, 48]  # left-padded rows of different lengths
     ids, mask = _rows(tok, o, lengths)
-    kw = B.gen_kwargs(tok, o.new_tokens, beams)
-    clock = B.StepClock(B.causal_lm(model), cuda=False)
-    mixed, _ = B.timed_generate(model, clock, ids, mask, kw, B.routing(model, names))
+    kw = C.gen_kwargs(tok, o.new_tokens, beams)
+    clock = C.StepClock(C.causal_lm(model), cuda=False)
+    mixed, _ = C.timed_generate(model, clock, ids, mask, kw, C.routing(model, names))
     clock.remove()
     with torch.no_grad():
         for k, name in enumerate(names):
             one_ids, one_mask = _rows(tok, o, [lengths[k]])
-            if B.is_peft_lora(model):
+            if C.is_peft_lora(model):
                 model.set_adapter(name)
                 alone = model.generate(input_ids=one_ids, attention_mask=one_mask, **kw)
                 model.set_adapter("default")
@@ -90,16 +93,16 @@ def test_mixed_tenant_rows_equal_each_tenant_alone(tiny, method, beams):
             assert torch.equal(mixed[k], alone[0, one_ids.shape[1]:]), (method, name)
         # the tenants are distinct: the same prompt gives different logits under tenants 0 and 1
         two_ids, two_mask = ids[:1].repeat(2, 1), mask[:1].repeat(2, 1)
-        logits = model(input_ids=two_ids, attention_mask=two_mask, **B.routing(model, names[:2])).logits
+        logits = model(input_ids=two_ids, attention_mask=two_mask, **C.routing(model, names[:2])).logits
         assert not torch.allclose(logits[0], logits[1], atol=1e-5)
 
 
 def test_family_plain_path_equals_default_tenant(tiny):
     o, backbone, tok = tiny
-    model = B.build_method("iapt", backbone, o)
-    B.add_tenants(model, 2, o)
+    model = C.build_method("iapt", backbone, o)
+    C.add_tenants(model, 2, o)
     ids, mask = _rows(tok, o, [PROMPT])
-    kw = B.gen_kwargs(tok, o.new_tokens, 1)
+    kw = C.gen_kwargs(tok, o.new_tokens, 1)
     with torch.no_grad():
         assert torch.equal(model.generate(input_ids=ids, attention_mask=mask, **kw),
                            model.generate(input_ids=ids, attention_mask=mask, tenant_ids=["default"], **kw))
@@ -107,9 +110,9 @@ def test_family_plain_path_equals_default_tenant(tiny):
 
 # ------------------------------------------------------------------------------------------ end to end
 def _run(tmp_path, mode, *extra):
-    o = B.parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", f"out={tmp_path}",
-                 f"figures={tmp_path / 'fig'}", *extra])
-    res, paths = B.run(o)
+    o = parse([mode, "backbone=tiny", "quick=true", f"prompt_tokens={PROMPT}", f"out={tmp_path}",
+               f"figures={tmp_path / 'fig'}", *extra])
+    res, paths = run(o)
     assert all(os.path.exists(p) for p in paths), paths
     data = json.loads(open(paths[0], encoding="utf-8").read())
     md = open(paths[1], encoding="utf-8").read()
@@ -129,7 +132,7 @@ def test_table4_end_to_end(tmp_path):
     assert paths[0].endswith("table4_tiny_quick.json") and paths[1].endswith("table4_tiny_quick.md")
     assert set(data["results"]) == {"beam1", "beam3"}
     for cells in data["results"].values():
-        assert list(cells) == B.DEFAULT_METHODS["table4"]
+        assert list(cells) == DEFAULT_METHODS["table4"]
         for c in cells.values():
             for key in ("tps", "ttft_s", "decode_s_per_token"):
                 assert _is_summary(c[key]) and c[key]["median"] > 0
@@ -141,7 +144,7 @@ def test_table4_end_to_end(tmp_path):
     assert data["prompt"]["tokens"] == PROMPT and data["prompt"]["tokens_seen"]["iapt"] == PROMPT + 4
     assert data["methods"]["lora"]["own_bytes"] > 0 and data["methods"]["bare"]["own_bytes"] == 0
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    assert len(lines) == 1 + 2 * len(B.DEFAULT_METHODS["table4"])  # header + one row per method and beam
+    assert len(lines) == 1 + 2 * len(DEFAULT_METHODS["table4"])  # header + one row per method and beam
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
     assert "| iapt | 1 |" in md and "| 34.4 |" in md and "| 14616 |" in md  # the paper's numbers beside ours
 
@@ -151,7 +154,7 @@ def test_tenants_end_to_end(tmp_path):
     assert paths[2].endswith("bench_tenants_tiny_quick.png")
     assert set(data["results"]) == {"beam1/B1", "beam1/B4"}
     for cells in data["results"].values():
-        assert list(cells) == B.DEFAULT_METHODS["tenants"]
+        assert list(cells) == DEFAULT_METHODS["tenants"]
         assert all(_is_summary(c["ratio_to_bare"]) and _is_summary(c["ratio_to_lora"]) for c in cells.values())
     assert data["methods"]["iapt"]["tenant_bytes"] > 0 and data["methods"]["iapt"]["tenants"] == 4
     assert "| 1 | 4 | iapt |" in md
@@ -169,15 +172,15 @@ def test_stream_end_to_end(tmp_path):
 
 
 def test_stream_is_fixed_seed_poisson():
-    a = B.make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
-    assert a == B.make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
+    a = make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
+    assert a == make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
     assert all(x.arrival <= y.arrival for x, y in zip(a, a[1:])) and {r.tenant for r in a} <= set(range(16))
     assert len({len(r.prompt) for r in a}) > 5 and min(len(r.prompt) for r in a) >= 16
 
 
 def test_rounds_rotate_the_order():
     names = ["bare", "lora", "iapt"]
-    slots = [B.rotated(names, r) for r in range(3)]
+    slots = [C.rotated(names, r) for r in range(3)]
     assert all(sorted(s) == sorted(names) for s in slots)
     assert all(len({s[i] for s in slots}) == 3 for i in range(3))  # every method in every slot once
 
@@ -198,7 +201,7 @@ def test_rounds_rotate_the_order():
 ])
 def test_bad_options_exit_2_with_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as e:
-        exit_on_user_error(B.main, argv)
+        exit_on_user_error(main, argv)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
@@ -332,7 +335,7 @@ def test_collected_hidden_states_are_not_edited_in_place(tiny, method):
     """Inference edits a layer's input (soft tokens) and projection outputs (scaling) in place, except when
     the caller collects hidden states, which must then equal those of the autograd (copying) path."""
     o, backbone, tok = tiny
-    model = B.build_method(method, backbone, o)
+    model = C.build_method(method, backbone, o)
     ids, mask = _rows(tok, o, [PROMPT, PROMPT - 8])
     with torch.no_grad():
         fast = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)

@@ -20,8 +20,9 @@ from pefts.registry import build_peft
 from runners.backbones import load_backbone
 from runners.bilevel import make_optimizer
 from runners.data import ClassCollator, encode_classification
+from runners.kind import Kind
 from runners.scoring import predict_head
-from runners.train import run, train_head
+from runners.train import run
 from tasks.registry import build_task
 from tests.conftest import ROOT, compose, shared_data
 
@@ -39,7 +40,7 @@ def fresh(cfg):
     for p in model.parameters():
         p.requires_grad_(False)
     model = build_peft(model, cfg.method).model
-    train_head(model, cfg.backbone.architecture)
+    Kind.of(cfg.backbone).train_head(model)
     return model, tok
 
 

@@ -124,11 +124,11 @@ def test_length_figure_iapt_fig3(tmp_path):
 ])
 def test_figure_grids_compose(experiment, point, cell):
     """Each figure's grid composes; a grid point is its own cell, named from the swept value."""
+    from runners import table_plan
     from runners.results import cell_name
-    from scripts import table
     from tests.conftest import compose
 
-    cfg, axes = table.grid(experiment)
+    cfg, axes = table_plan.grid(experiment)
     assert axes["seed"] and axes["task"]
     assert cell_name(compose(f"experiment={experiment}", *point, debug=False)) == cell
 

@@ -107,3 +107,25 @@ def test_rescoring_imports_no_method(tmp_path):
     metrics, loaded = out.stdout.strip().splitlines()[-2:]
     assert json.loads(metrics), metrics
     assert loaded == "['runners', 'tasks']", f"re-scoring imported {loaded}"
+
+
+def test_readme_layout_names_every_module():
+    """README's Layout table names every module of core/, runners/ and scripts/ (a package under scripts/ by
+    its folder and each of its modules), so a new module cannot land without its line."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("\n## ", 1)]
+    named = set(re.findall(r"`([\w/.]+)`", layout))
+    missing = []
+    for package in ("core", "runners", "scripts"):
+        for folder, dirs, files in os.walk(os.path.join(ROOT, package)):
+            dirs[:] = [d for d in dirs if not d.startswith((".", "__"))]
+            sub = os.path.relpath(folder, os.path.join(ROOT, package))
+            if sub != "." and f"{sub}/" not in named:
+                missing.append(f"{package}/{sub}/")
+            missing += [f"{package}/{os.path.join(sub, f) if sub != '.' else f}" for f in sorted(files)
+                        if f.endswith(".py") and not f.startswith("__") and f not in named]
+    assert not missing, f"README.md's Layout table does not name {missing}: add a line for each"

@@ -124,6 +124,7 @@ def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rat
     search is not run, and the table's notes give the grid, the losses and the choice."""
     import subprocess
 
+    from runners import table_plan, tables
     from scripts import table
 
     runs = tmp_path / "runs"
@@ -132,13 +133,13 @@ def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rat
     for lr, loss in (("0.001", 0.40), ("0.003", 0.40), ("0.01", 0.50)):
         _search_record(runs, "iapt", lr, loss)
     _search_record(runs, "parade", "0.001", 0.1)  # 1 of 3 rates: no choice
-    cfg, axes = table.grid("iapt_table1_cpu", [f"results_dir={runs}"])
-    search = table.search_plan(cfg, axes)
+    cfg, axes = table_plan.grid("iapt_table1_cpu", [f"results_dir={runs}"])
+    search = table_plan.search_plan(cfg, axes)
     assert search["chosen"] == {"lora": 0.003, "iapt": 0.001}
     assert sum(r["state"] == "done" for r in search["runs"]) == 7
-    assert table.describe_search(search).startswith("learning-rate search: 21 runs (7 methods x 3 rates, sst2 "
-                                                    "dev, seed 0): 7 done, 14 to run; about 0.5 h left")
-    notes = table.search_notes(search)
+    assert table_plan.describe_search(search).startswith("learning-rate search: 21 runs (7 methods x 3 rates, sst2 "
+                                                         "dev, seed 0): 7 done, 14 to run; about 0.5 h left")
+    notes = tables.search_notes(search)
     assert "lora: lr 0.003 (best dev loss at each rate: 0.001: 0.300 / 0.003: 0.200 / 0.01: 0.250)" in notes
     assert "parade: lr not chosen yet (best dev loss at each rate: 0.001: 0.100 / 0.003: – / 0.01: –)" in notes
 
@@ -172,10 +173,11 @@ def test_search_overrides_name_each_cell_after_its_method_and_rate():
     """The search's overrides, composed as run.py composes them: the variant interpolation gives each
     (method, rate) its own cell, the test split is off, records go under lr_search/."""
     from core.config import compose
+    from runners import table_plan
     from runners.results import cell_name
     from scripts import table
 
-    cfg, axes = table.grid("iapt_table1_cpu")
+    cfg, axes = table_plan.grid("iapt_table1_cpu")
     over = dict(o.split("=", 1) for o in table.search_overrides(cfg, axes))
     c = compose(["experiment=iapt_table1_cpu", "method=parade", "runner.lr=0.003", f"task={over['task']}",
                  f"seed={over['seed']}", "runner.eval_test=false", f"results_dir={over['results_dir']}",
@@ -187,14 +189,13 @@ def test_search_overrides_name_each_cell_after_its_method_and_rate():
 def test_rendered_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):
     import glob
 
-    from runners.tables import TableSpec  # noqa: F401  (the renderer's table is what gets logged)
-    from scripts import table
+    from runners import table_plan, tables
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    cfg, axes = table.grid("iapt_table1_cpu", [f"results_dir={tmp_path / 'runs'}", "logger=wandb",
-                                               "logger.mode=offline", f"logger.dir={tmp_path / 'wb'}"])
-    md = table.render_table("iapt_table1_cpu", cfg, table.plan(cfg, axes), str(tmp_path / "tables"))
+    cfg, axes = table_plan.grid("iapt_table1_cpu", [f"results_dir={tmp_path / 'runs'}", "logger=wandb",
+                                                    "logger.mode=offline", f"logger.dir={tmp_path / 'wb'}"])
+    md = tables.render_table("iapt_table1_cpu", cfg, table_plan.plan(cfg, axes), str(tmp_path / "tables"))
     assert "W&B table: " in md
     assert glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb")), "an offline run with the table"
 
@@ -222,13 +223,13 @@ def test_every_table_grid_cell_composes(experiment):
     names exists and composes under the experiment (typed schemas, no model loaded), an ablation cell is
     named after its option and its method overrides land, and the plan has one run per grid point."""
     from core.config import compose
+    from runners import table_plan
     from runners.results import cell_name
-    from scripts import table
 
-    cfg, axes = table.grid(experiment)
+    cfg, axes = table_plan.grid(experiment)
     backbones = axes.get("backbone") or [cfg.backbone.name]
-    ablations = axes.get(table.ABLATION)
-    cells = table.cells_of(axes)
+    ablations = axes.get(table_plan.ABLATION)
+    cells = table_plan.cells_of(axes)
     assert len(set(cells)) == len(cells), "two rows with one name"
     if ablations:
         assert len(axes["method"]) == 1, "ablation cells override one method"
@@ -248,16 +249,16 @@ def test_every_table_grid_cell_composes(experiment):
             c = compose([f"experiment={experiment}", f"backbone={backbone}", f"method={axes['method'][0]}",
                          f"task={task}"])
             assert c.task.name == task
-    p = table.plan(cfg, axes)
+    p = table_plan.plan(cfg, axes)
     assert len(p["runs"]) == len(backbones) * len(cells) * len(axes["task"]) * len(axes["seed"])
 
 
 def test_not_public_columns_are_shown_missing_with_the_reason(tmp_path):
-    from scripts import table
+    from runners import table_plan, tables
 
-    cfg, axes = table.grid("para_table2", [f"results_dir={tmp_path}", "logger=none"])
+    cfg, axes = table_plan.grid("para_table2", [f"results_dir={tmp_path}", "logger=none"])
     assert "hsm10k" not in axes["task"] and "q2sql" not in axes["task"], "not substituted"
-    md = table.render_table("para_table2", cfg, table.plan(cfg, axes), str(tmp_path / "tables"))
+    md = tables.render_table("para_table2", cfg, table_plan.plan(cfg, axes), str(tmp_path / "tables"))
     head = next(line for line in md.splitlines() if line.startswith("| method"))
     assert head.endswith("| HSM10K | Q2SQL |")
     assert "| para | missing | missing | missing | missing (not public: " in md
@@ -304,12 +305,12 @@ def test_paper_numbers_of_metric_transfer_and_few_shot_columns():
 
 def test_columns_must_name_grid_tasks():
     from core.errors import UserError
-    from scripts import table
+    from runners import table_plan, tables
 
-    cfg, axes = table.grid("iapt_table3")
-    assert table.columns(cfg, axes["task"]) == ["alpaca:gpt4-score", "alpaca:rouge-l"]
+    cfg, axes = table_plan.grid("iapt_table3")
+    assert tables.columns(cfg, axes["task"]) == ["alpaca:gpt4-score", "alpaca:rouge-l"]
     with pytest.raises(UserError, match=r"columns \['boolq:acc'\] name no task of the grid; its tasks: alpaca"):
-        table.columns({"columns": ["boolq:acc"]}, axes["task"])
+        tables.columns({"columns": ["boolq:acc"]}, axes["task"])
 
 
 def test_runs_that_give_one_answer_are_flagged(tmp_path):
@@ -317,7 +318,7 @@ def test_runs_that_give_one_answer_are_flagged(tmp_path):
     a balanced run, a task whose gold is itself one label, and open-ended answers do not."""
     import json
 
-    from scripts.table import one_answer_notes
+    from runners.tables import one_answer_notes
 
     def rec(task, cell, preds, golds):
         path = tmp_path / f"{task}-{cell}.json"

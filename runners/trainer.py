@@ -1,0 +1,106 @@
+"""The Trainer pieces of a run: HF Trainer with the harness's checkpoints and non-finite-loss stop, the
+callback that keeps the best dev state and stops early, and ZeRO-3 parameter gathering.
+
+Used by runners/train.py (its `train` stage); nothing here reads a config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from pefts.io import load_peft, save_peft
+from runners import checkpoint as C
+
+log = logging.getLogger(__name__)
+
+
+def gathered(params, modify: bool = False):
+    """DeepSpeed ZeRO-3 leaves each rank a slice of every parameter (p.data is empty outside forward): the full
+    tensors, to read them, or to write them (modify=True: rank 0's values are kept). A no-op otherwise. Collective
+    under ZeRO-3: every rank must enter it."""
+    params = [p for p in params if hasattr(p, "ds_id")]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+class BestStateAndEarlyStop(TrainerCallback):
+    """Keeps an in-memory copy of the trainable parameters at the lowest dev loss, stops after
+    `patience` evaluations without improvement, and records the dev-loss curve."""
+
+    def __init__(self, model: torch.nn.Module, patience: int):
+        self.model, self.patience = model, patience
+        self.best_loss, self.best_step, self.bad = math.inf, None, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.dev_curve: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kw):
+        loss = (metrics or {}).get("eval_loss")
+        if loss is None:
+            return
+        self.dev_curve.append({"step": state.global_step, "dev_loss": float(loss)})
+        log.info("step %d: dev loss %.4f", state.global_step, loss)
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.bad = float(loss), state.global_step, 0
+            with gathered(trainable_parameters(self.model)):
+                self.best_state = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        else:
+            self.bad += 1
+            if self.bad >= self.patience:
+                control.should_training_stop = True
+
+    def state_dict(self) -> dict:  # runners/checkpoint.py: what a resumed run needs to continue exactly
+        return {"best_loss": self.best_loss, "best_step": self.best_step, "bad": self.bad,
+                "best_state": self.best_state, "dev_curve": self.dev_curve}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_loss, self.best_step, self.bad = state["best_loss"], state["best_step"], state["bad"]
+        self.best_state, self.dev_curve = state["best_state"], list(state["dev_curve"])
+
+    def restore(self) -> None:
+        if self.best_state is None:
+            return
+        params = dict(self.model.named_parameters())
+        with torch.no_grad(), gathered(trainable_parameters(self.model), modify=True):
+            for n, v in self.best_state.items():
+                params[n].copy_(v)
+
+
+class HarnessTrainer(Trainer):
+    """HF Trainer that stops at the first non-finite training loss (Trainer's own `logging_nan_inf_filter`
+    would replace it by the running mean in the logs and keep training on NaN weights), and whose
+    checkpoints hold the PEFT tensors alone plus the callbacks' state (runners/checkpoint.py): Trainer's
+    `_save` would write the whole backbone (540 MB for SmolLM2) at every evaluation."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        with gathered(trainable_parameters(self.model)):  # under DeepSpeed every rank calls _save
+            if self.args.should_save:
+                save_peft(self.model, os.path.join(output_dir or self.args.output_dir, "peft.safetensors"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        load_peft(model if model is not None else self.model, os.path.join(resume_from_checkpoint, "peft.safetensors"))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
+        if self.args.should_save and os.path.isdir(folder):
+            C.save_callbacks(folder, self.callback_handler.callbacks)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not bool(torch.isfinite(loss).all()):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.state.global_step + 1}; "
+                                     "lower runner.lr, or use runner.dtype=float32")
+        return loss
