@@ -43,7 +43,7 @@ PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegacon
 REQUIRED_KEYS = ("schema", "backbone", "task", "method", "cell", "seed", "status", "metrics", "dev", "params",
                  "config", "provenance", "wall_time_s", "curve")
 # the order of a record's keys after its identity (JSON keeps it; records stay byte-comparable across versions)
-RECORD_ORDER = ("status", "metrics", "dev", "params", "config", "provenance", "wall_time_s", "curve",
+RECORD_ORDER = ("status", "metrics", "dev", "params", "config", "provenance", "wall_time_s", "timing_s", "curve",
                 "split_sizes", "protocol", "chance", "steps", "effective_batch_size")
 
 

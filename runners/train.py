@@ -88,22 +88,44 @@ def run(cfg) -> dict:
 
 def _run(cfg, config: dict, path: str, kind: Kind) -> dict:
     """The stages of one run, in order."""
-    t0 = time.time()
+    t0, watch = time.time(), Stopwatch()
     device = start_process(cfg.runner, cfg.seed)
     data = prepare_data(cfg, kind)
     model, tok = load_frozen_backbone(cfg.backbone, cfg.runner, kind, data.labels, device)
+    watch.lap("startup")
     zs = zero_shot(cfg, config, kind, data, model, tok, device) if cfg.runner.zero_shot else None
     if zs and data.eval_only:
         return zs
+    watch.lap("zero_shot")
     set_seed(cfg.seed)  # method initialization depends on the seed only
     method = build_method(cfg.method, cfg.runner.init_peft, kind, model, device)
-    fit = train(cfg, config, path, kind, data, method, tok, device)
+    fit = train(cfg, config, path, kind, data, method, tok, device, watch)
     dev, test_preds, metrics = evaluate(cfg.runner, cfg.task, data, method.model, tok, device)
+    watch.lap("answers")
     record = R.new_record(cfg, config, status="ok", metrics=metrics, dev={**fit.dev, **dev}, params=method.params,
-                          provenance=R.provenance(device), wall_time_s=time.time() - t0, curve=fit.curve,
+                          provenance=R.provenance(device), wall_time_s=time.time() - t0,
+                          timing_s=watch.seconds(), curve=fit.curve,
                           split_sizes=data.sizes, protocol=data.task.protocol, chance=data.task.chance,
                           steps=fit.steps, effective_batch_size=fit.batch)
     return write_run(cfg.runner, path, record, method.model, data.splits["test"], test_preds, fit)
+
+
+class Stopwatch:
+    """Wall seconds per named phase of a run, the record's `timing_s`: startup (data, backbone, method, rows,
+    Trainer set-up), zero_shot, train (optimizer steps and bi-level dev steps), dev_loss (the Trainer's dev
+    evaluations), answers (dev generation and test scoring). A phase may be lapped more than once."""
+
+    def __init__(self):
+        self.last, self.phases = time.perf_counter(), {}
+
+    def lap(self, phase: str, minus: float = 0.0) -> None:
+        """Add the time since the last lap to `phase`, less `minus` seconds (spent in another phase)."""
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self.last - minus
+        self.last = now
+
+    def seconds(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.phases.items()}
 
 
 # ---- the stages ----------------------------------------------------------------------------------------
@@ -237,9 +259,47 @@ def build_method(method_cfg, init_peft: str | None, kind: Kind, model, device: s
     return Method(model, built, head, params)
 
 
-def train(cfg, config: dict, path: str, kind: Kind, data: Data, method: Method, tok, device: str) -> Fit:
+def train(cfg, config: dict, path: str, kind: Kind, data: Data, method: Method, tok, device: str,
+          watch: Stopwatch) -> Fit:
     """HF Trainer on the training rows, dev loss every `eval_steps` with early stopping, resumable from the
     checkpoints beside the record; the best dev state restored into `method.model`."""
+    runner = cfg.runner
+    report_to = _wandb_start(cfg, config, R.cell_name(cfg))
+    best = BestStateAndEarlyStop(method.model, runner.patience)
+    # checkpoints beside the record when resuming is on (runners/checkpoint.py), else a scratch folder
+    out = contextlib.nullcontext(C.ckpt_root(path)) if runner.resume else tempfile.TemporaryDirectory(prefix="trainer-")
+    with out as out_dir:
+        resume_from = C.prepare(out_dir, config, force=cfg.force) if runner.resume else None
+        trainer, batch = make_trainer(cfg, kind, data, method, tok, device, out_dir, callbacks=[best],
+                                      report_to=report_to, save_strategy="steps" if runner.resume else "no",
+                                      # step-0 dev loss (the start of the curve) inside train(), after the model
+                                      # is wrapped: a trainer.evaluate() before train() marks it prepared, so
+                                      # Accelerate would skip DDP (no gradient sync)
+                                      eval_on_start=not resume_from)
+        if resume_from:  # Trainer restores weights, optimizer, scheduler, RNG and data order; we the callbacks
+            C.load_callbacks(resume_from, trainer.callback_handler.callbacks)
+            log.info("resuming from %s", resume_from)
+        watch.lap("startup")
+        trainer.train(resume_from_checkpoint=resume_from)
+        if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
+            trainer.evaluate()
+        watch.lap("train", minus=trainer.eval_seconds)
+        watch.phases["dev_loss"] = trainer.eval_seconds
+        if best.best_state is None or not math.isfinite(best.best_loss):
+            raise FloatingPointError(f"no finite dev loss in {len(best.dev_curve)} evaluations: nothing to restore")
+    best.restore()
+    return Fit(dev={"loss": best.best_loss, "best_step": best.best_step},
+               curve={"train": _log_curve(trainer.state.log_history), "dev": best.dev_curve},
+               steps=trainer.state.global_step, batch=batch, is_main=trainer.is_world_process_zero(),
+               report_to=report_to)
+
+
+def make_trainer(cfg, kind: Kind, data: Data, method: Method, tok, device: str, out_dir: str, callbacks=(),
+                 **overrides) -> tuple[HarnessTrainer, int]:
+    """(the run's HarnessTrainer over its encoded training and dev rows, the effective batch): Appendix F's
+    batch rule split into micro-batches and accumulation, the method's optimizer groups and callbacks after
+    `callbacks`. `overrides` replace TrainingArguments (the `train` stage: resume and W&B; scripts/bench: no
+    evaluation, a few steps)."""
     runner, what = cfg.runner, cfg.task.name
     train_rows, dev_rows = (kind.encode(data.splits[s], tok, cfg.task, data.labels, runner.max_seq_len,
                                         what=f"{what} {s}") for s in ("train", "dev"))
@@ -248,49 +308,27 @@ def train(cfg, config: dict, path: str, kind: Kind, data: Data, method: Method, 
     steps_per_epoch = math.ceil(len(train_rows) / batch)
     total_steps = runner.max_steps if runner.max_steps > 0 else math.ceil(steps_per_epoch * runner.max_epochs)
     eval_steps = runner.eval_steps or steps_per_epoch  # null: once per epoch (ID-SPAM's epoch grid)
-    report_to = _wandb_start(cfg, config, R.cell_name(cfg))
-    best = BestStateAndEarlyStop(method.model, runner.patience)
-    # checkpoints beside the record when resuming is on (runners/checkpoint.py), else a scratch folder
-    out = contextlib.nullcontext(C.ckpt_root(path)) if runner.resume else tempfile.TemporaryDirectory(prefix="trainer-")
-    with out as out_dir:
-        resume_from = C.prepare(out_dir, config, force=cfg.force) if runner.resume else None
-        args = TrainingArguments(
-            output_dir=out_dir, per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
-            per_device_eval_batch_size=runner.eval_batch_size, learning_rate=runner.lr,
-            num_train_epochs=runner.max_epochs, max_steps=runner.max_steps,
-            lr_scheduler_type=runner.scheduler, warmup_steps=math.ceil(runner.warmup_ratio * total_steps),
-            weight_decay=runner.weight_decay, eval_strategy="steps", eval_steps=eval_steps,
-            save_strategy="steps" if runner.resume else "no", save_steps=eval_steps, save_total_limit=2,
-            logging_steps=runner.logging_steps, report_to=report_to,
-            run_name=f"seed{cfg.seed}", seed=cfg.seed, data_seed=cfg.seed, use_cpu=device == "cpu",
-            remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
-            bf16=runner.dtype == "bfloat16", fp16=runner.dtype == "float16",
-            deepspeed=runner.deepspeed, activation_checkpointing=runner.gradient_checkpointing,
-            disable_tqdm=not show_progress(runner),
-            # step-0 dev loss (the start of the curve) inside train(), after the model is wrapped: a
-            # trainer.evaluate() before train() marks it prepared, so Accelerate would skip DDP (no gradient sync)
-            eval_on_start=not resume_from,
-        )
-        collator = kind.collator(tok.pad_token_id)
-        optimizer, method_callbacks = training_setup(method.built, runner, dev_rows, collator, batch_size=micro,
-                                                     seed=cfg.seed, device=device, extra=method.head)
-        trainer = HarnessTrainer(model=method.model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
-                                 data_collator=collator, callbacks=[best, *method_callbacks],
-                                 optimizers=(optimizer, None))
-        trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
-        if resume_from:  # Trainer restores weights, optimizer, scheduler, RNG and data order; we the callbacks
-            C.load_callbacks(resume_from, trainer.callback_handler.callbacks)
-            log.info("resuming from %s", resume_from)
-        trainer.train(resume_from_checkpoint=resume_from)
-        if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
-            trainer.evaluate()
-        if best.best_state is None or not math.isfinite(best.best_loss):
-            raise FloatingPointError(f"no finite dev loss in {len(best.dev_curve)} evaluations: nothing to restore")
-    best.restore()
-    return Fit(dev={"loss": best.best_loss, "best_step": best.best_step},
-               curve={"train": _log_curve(trainer.state.log_history), "dev": best.dev_curve},
-               steps=trainer.state.global_step, batch=batch, is_main=trainer.is_world_process_zero(),
-               report_to=report_to)
+    args = TrainingArguments(**{
+        "output_dir": out_dir, "per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation,
+        "per_device_eval_batch_size": runner.eval_batch_size, "learning_rate": runner.lr,
+        "num_train_epochs": runner.max_epochs, "max_steps": runner.max_steps,
+        "lr_scheduler_type": runner.scheduler, "warmup_steps": math.ceil(runner.warmup_ratio * total_steps),
+        "weight_decay": runner.weight_decay, "eval_strategy": "steps", "eval_steps": eval_steps,
+        "save_strategy": "no", "save_steps": eval_steps, "save_total_limit": 2,
+        "logging_steps": runner.logging_steps, "report_to": "none",
+        "run_name": f"seed{cfg.seed}", "seed": cfg.seed, "data_seed": cfg.seed, "use_cpu": device == "cpu",
+        "remove_unused_columns": False, "label_names": ["labels"], "dataloader_num_workers": 0,
+        "bf16": runner.dtype == "bfloat16", "fp16": runner.dtype == "float16",
+        "deepspeed": runner.deepspeed, "activation_checkpointing": runner.gradient_checkpointing,
+        "disable_tqdm": not show_progress(runner), **overrides})
+    collator = kind.collator(tok.pad_token_id)
+    optimizer, method_callbacks = training_setup(method.built, runner, dev_rows, collator, batch_size=micro,
+                                                 seed=cfg.seed, device=device, extra=method.head)
+    trainer = HarnessTrainer(model=method.model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
+                             data_collator=collator, callbacks=[*callbacks, *method_callbacks],
+                             optimizers=(optimizer, None))
+    trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
+    return trainer, batch
 
 
 def evaluate(runner, task_cfg, data: Data, model, tok, device: str) -> tuple[dict, list[str] | None, dict]:

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+import time
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -83,6 +84,17 @@ class HarnessTrainer(Trainer):
     would replace it by the running mean in the logs and keep training on NaN weights), and whose
     checkpoints hold the PEFT tensors alone plus the callbacks' state (runners/checkpoint.py): Trainer's
     `_save` would write the whole backbone (540 MB for SmolLM2) at every evaluation."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_seconds = 0.0  # wall time inside evaluate() (dev loss), for the record's timing_s
+
+    def evaluate(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.eval_seconds += time.perf_counter() - t0
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         with gathered(trainable_parameters(self.model)):  # under DeepSpeed every rank calls _save

@@ -33,6 +33,10 @@ def test_run_writes_a_complete_record(tmp_results):
     assert [p["step"] for p in on_disk["curve"]["dev"]][:1] == [0], "the dev curve starts at step 0"
     assert on_disk["curve"]["train"], "train losses are recorded"
     assert on_disk["split_sizes"] == {"train": 16, "dev": 8, "test": 8}
+    phases = on_disk["timing_s"]  # the run's wall time by phase (runners/train.py Stopwatch)
+    assert set(phases) == {"startup", "zero_shot", "train", "dev_loss", "answers"}, phases
+    assert all(v >= 0 for v in phases.values()) and phases["train"] > 0 and phases["dev_loss"] > 0
+    assert sum(phases.values()) <= on_disk["wall_time_s"] + 0.01, (phases, on_disk["wall_time_s"])
     preds = [json.loads(line) for line in (path.parent / "seed0.predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 8 and set(preds[0]) == {"id", "prompt", "prediction", "reference"}
     # the trained module alone, reloadable onto a fresh backbone

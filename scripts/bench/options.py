@@ -16,6 +16,12 @@ itself), template= (plain|chat: the instruction as text with the tokenizer's spe
 template), prompt_tokens= (keep the instruction's first N tokens; default all), perturb= (0.02), seed=,
 memory= (true), quick= (true: 2 rounds, 1 warm-up, 4 new tokens, small sweeps), out= (results/bench), figures=
 (results/figures), cache_dir=.
+
+Train mode (scripts/bench/train.py): methods= (default lora,iapt,parade,para,idspam,lpt,p_tuning_v2; any
+registered method), tasks= (sst2,rte; also mrpc, cb), dtypes= (float32,bfloat16: runner.dtype of each cell),
+steps= (optimizer steps per cell and round, 4), rounds= (5), warmup= (3), loop= (true: the independent minimal
+LoRA loop), max_seq_len= (256), train_rows= (2000: runner.max_train_examples, the rows the
+batches are drawn from), data_root= (../shared/data or $HARNESS_DATA).
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ import torch
 from core.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODES = ("table4", "tenants", "stream")  # one benchmark module each; scripts/bench/__main__.py BENCHMARKS
+MODES = ("table4", "tenants", "stream", "train")  # one benchmark module each; scripts/bench/__main__.py BENCHMARKS
 FAMILY = ("iapt", "parade", "para", "idspam", "lpt", "idpg")  # the input-aware family (pefts/family.py)
 PEFT_LORA = ("lora", "lora_default")  # peft LoRA: mixed-adapter batches (adapter_names)
 DEFAULT_METHODS = {"table4": ["bare", "lora", "ia3_proj", "iapt", "parade", "para", "idspam"],
                    "tenants": ["bare", "lora", "iapt", "parade", "para", "idspam"],
-                   "stream": ["bare", "lora", "iapt", "parade", "para", "idspam"]}
+                   "stream": ["bare", "lora", "iapt", "parade", "para", "idspam"],
+                   "train": ["lora", "iapt", "parade", "para", "idspam", "lpt", "p_tuning_v2"]}
+TRAIN_TASKS = ("sst2", "rte", "mrpc", "cb")  # tasks the train mode reads from data_root (scripts/bench/train.py)
 
 
 @dataclass
@@ -65,6 +73,13 @@ class Options:
     quick: bool = False
     out: str = os.path.join(ROOT, "results", "bench")
     figures: str = os.path.join(ROOT, "results", "figures")
+    tasks: list[str] = field(default_factory=lambda: ["sst2", "rte"])  # train mode
+    steps: int = 4  # train mode: optimizer steps per cell and round
+    dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])  # train mode: runner.dtype values
+    loop: bool = True  # train mode: the independent minimal LoRA loop as the reference
+    max_seq_len: int = 256  # train mode: runner.max_seq_len
+    train_rows: int = 2000  # train mode: runner.max_train_examples (the rows batches are drawn from)
+    data_root: str = os.environ.get("HARNESS_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
     cache_dir: str = os.environ.get("HARNESS_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "peft-harness"))
 
     def resolve(self) -> Options:
@@ -73,15 +88,16 @@ class Options:
         o.methods = list(o.methods or DEFAULT_METHODS[o.mode])
         o.beams = list(o.beams or ([1, 3] if o.mode == "table4" else [1]))
         if o.rounds is None:
-            o.rounds = 2 if o.quick else (100 if o.mode == "table4" else 20)
+            o.rounds = 2 if o.quick else {"table4": 100, "train": 5}.get(o.mode, 20)
         return o
 
 
-_LISTS = {"methods": str, "beams": int, "batches": int, "tenants": int}
+_LISTS = {"methods": str, "beams": int, "batches": int, "tenants": int, "tasks": str, "dtypes": str}
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16"),
-            "template": ("plain", "chat"), "clock": ("wall", "cpu"), "memory": ("true", "false"), "quick": ("true", "false")}
+            "template": ("plain", "chat"), "clock": ("wall", "cpu"), "memory": ("true", "false"), "quick": ("true", "false"),
+            "loop": ("true", "false")}
 _QUICK = {"warmup": 1, "new_tokens": 4, "batches": [1, 4], "tenants": [1, 4], "requests": 8, "max_batch": 4,
-          "repeats": 1}
+          "repeats": 1, "steps": 2, "max_seq_len": 128, "train_rows": 64}
 
 
 def parse(argv: list[str]) -> Options:
@@ -104,10 +120,10 @@ def parse(argv: list[str]) -> Options:
                 if not items:
                     raise ValueError
                 given[k] = [_LISTS[k](x) for x in items]
-            elif k in ("memory", "quick"):
+            elif k in ("memory", "quick", "loop"):
                 given[k] = v == "true"
             elif k in ("rounds", "warmup", "new_tokens", "requests", "max_batch", "repeats", "seed", "threads",
-                       "prompt_tokens"):
+                       "prompt_tokens", "steps", "max_seq_len", "train_rows"):
                 given[k] = int(v)
             elif k in ("load", "perturb"):
                 given[k] = float(v)
@@ -129,7 +145,7 @@ def _validate(o: Options) -> None:
     from pefts.registry import METHODS
 
     positive = {"rounds": o.rounds, "new_tokens": o.new_tokens, "requests": o.requests, "max_batch": o.max_batch,
-                "repeats": o.repeats}
+                "repeats": o.repeats, "steps": o.steps, "max_seq_len": o.max_seq_len, "train_rows": o.train_rows}
     for k in ("threads", "prompt_tokens"):
         if getattr(o, k) is not None:
             positive[k] = getattr(o, k)
@@ -150,6 +166,9 @@ def _validate(o: Options) -> None:
     if o.backbone not in backbones:
         raise UserError(f"backbone={o.backbone!r} is not a backbone; valid options: {', '.join(backbones)}")
     load_registries(("pefts",))
+    if o.mode == "train":
+        _validate_train(o, METHODS.names())
+        return
     allowed = ["bare", *METHODS.names()] if o.mode == "table4" else ["bare", *PEFT_LORA, *FAMILY]
     bad = [m for m in o.methods if m not in allowed]
     if bad:
@@ -165,6 +184,22 @@ def _validate(o: Options) -> None:
         raise UserError("clock=cpu measures CPU time and would miss GPU work; valid options with a GPU: wall")
     if o.mode == "stream" and o.requests < 2:
         raise UserError(f"requests={o.requests} must be at least 2 for a stream")
+
+
+def _validate_train(o: Options, methods) -> None:
+    """The train mode's own checks: registered methods, tasks with local data, training dtypes."""
+    for key, vals, allowed in (("methods", o.methods, list(methods)), ("tasks", o.tasks, list(TRAIN_TASKS)),
+                               ("dtypes", o.dtypes, ["float32", "bfloat16"])):
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise UserError(f"{key}: {bad[0]!r} is not valid in train mode; valid options: {', '.join(allowed)}")
+        if len(set(vals)) != len(vals):
+            raise UserError(f"{key}={','.join(vals)} names a value twice")
+    if not os.path.isdir(o.data_root):
+        raise UserError(f"data_root={o.data_root!r} is not a folder; the train mode reads the tasks' real rows "
+                        "from it (../shared/data, or $HARNESS_DATA)")
+    if o.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but no CUDA device is visible; valid options here: auto, cpu")
 
 
 def device_and_dtype(o: Options) -> tuple[str, str]:

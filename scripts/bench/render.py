@@ -172,3 +172,28 @@ def render_stream(res: dict) -> str:
                          f"{_f(c['mean_batch']['median'], '{:.1f}')} | {_bytes(c['tenant_bytes'])} | "
                          f"{_bytes(c['tenants_bytes_total'])} |")
     return "\n".join(lines) + "\n"
+
+
+def render_train(res: dict) -> str:
+    """The train mode's record: one row per (task, dtype, method), the independent loop last in each block."""
+    o = res["options"]
+    peak = ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in res["peak_flops"].items())
+    lines = [_title(res, "Training throughput"), "",
+             f"{o['rounds']} rounds after {o['warmup']} warm-up, {o['steps']} optimizer steps per cell and round, "
+             f"cells interleaved (order rotated per round); medians over rounds [IQR] (min–max). Matmul peak "
+             f"({2048}^3, same threads): {peak}. MFU = 6 (N_backbone + N_trainable) x real tokens / time / peak; "
+             "exec = counted FLOPs of a step (flop_counter: padding and the method's modules included) / time / "
+             "peak. `vs loop`: tokens/s over the independent minimal LoRA loop's in the same round.", "",
+             "| task | dtype | method | real tokens/s | s/step | real tokens/step | padding | MFU | exec | GFLOP/step | vs loop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in res["cells"]:
+        t, s = c["tokens_per_s"], c["s_per_step"]
+        util = c.get("exec_util") or {}
+        lines.append(
+            f"| {c['task']} | {c['dtype']} | {c['method']} | {_f(t['median'], '{:.0f}')} [{_f(t['q1'], '{:.0f}')}–"
+            f"{_f(t['q3'], '{:.0f}')}] | {_f(s['median'], '{:.3f}')} | {c['real_tokens_per_step']:.0f} | "
+            f"{100 * c['padding_share']:.0f}% | {_f(100 * c['mfu']['median'] if c['mfu']['median'] else None, '{:.1f}%')} | "
+            f"{_f(100 * util['median'] if util.get('median') else None, '{:.1f}%')} | "
+            f"{_f(c['flops_per_step'] / 1e9 if c['flops_per_step'] else None, '{:.0f}')} | "
+            f"{_ratio(c.get('vs_loop')) if c['method'] != 'loop' else 'reference'} |")
+    return "\n".join(lines) + "\n"
