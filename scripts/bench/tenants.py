@@ -14,61 +14,45 @@ from __future__ import annotations
 
 import time
 
-from scripts.bench.common import (
-    StepClock,
-    add_tenants,
-    batch_of,
-    build_method,
-    causal_lm,
-    gen_kwargs,
-    header,
-    instruction,
-    load,
-    progress,
-    rotated,
-    routing,
-    summary,
-    tenant_bytes,
-    timed_generate,
-)
+from scripts.bench import common as C
 from scripts.bench.options import Options, device_and_dtype
 
 
 def run_tenants(o: Options) -> dict:
     dev, dtype = device_and_dtype(o)
-    backbone, tok, _ = load(o)
-    prompt = instruction(tok, o)
+    backbone, tok, _ = C.load(o)
+    prompt = C.instruction(tok, o)
     n_tenants = max(o.batches)
     models, names = {}, {}
     for m in o.methods:
-        models[m] = build_method(m, backbone, o)
-        names[m] = add_tenants(models[m], n_tenants, o) if m != "bare" else None
-    clocks = {m: StepClock(causal_lm(model), dev == "cuda", o.clock) for m, model in models.items()}
-    res = header(o, dev, dtype, prompt)
-    res["methods"] = {m: {"tenant_bytes": tenant_bytes(models[m]), "tenants": n_tenants if m != "bare" else 0}
+        models[m] = C.build_method(m, backbone, o)
+        names[m] = C.add_tenants(models[m], n_tenants, o) if m != "bare" else None
+    clocks = {m: C.StepClock(C.causal_lm(model), dev == "cuda", o.clock) for m, model in models.items()}
+    res = C.header(o, dev, dtype, prompt)
+    res["methods"] = {m: {"tenant_bytes": C.tenant_bytes(models[m]), "tenants": n_tenants if m != "bare" else 0}
                       for m in o.methods}
     res["results"] = {}
     for beams in o.beams:
-        kw = gen_kwargs(tok, o.new_tokens, beams)
+        kw = C.gen_kwargs(tok, o.new_tokens, beams)
         for B in o.batches:
-            ids, mask = batch_of([prompt] * B, tok.pad_token_id, dev)
+            ids, mask = C.batch_of([prompt] * B, tok.pad_token_id, dev)
             raw = {m: [] for m in o.methods}
             for r in range(o.warmup + o.rounds):
-                for m in rotated(o.methods, r):
-                    route = routing(models[m], None if names[m] is None else names[m][:B])
-                    _, t = timed_generate(models[m], clocks[m], ids, mask, kw, route)
+                for m in C.rotated(o.methods, r):
+                    route = C.routing(models[m], None if names[m] is None else names[m][:B])
+                    _, t = C.timed_generate(models[m], clocks[m], ids, mask, kw, route)
                     if r >= o.warmup:
                         raw[m].append(t)
-                progress(f"tenants beam {beams} B={B}: round {r + 1}/{o.warmup + o.rounds}")
+                C.progress(f"tenants beam {beams} B={B}: round {r + 1}/{o.warmup + o.rounds}")
             cells = {}
             for m, ts in raw.items():
-                cells[m] = {"tps": summary([t.tps for t in ts]),
-                            "ttft_s": summary([t.ttft_s for t in ts]),
-                            "decode_s_per_token": summary([t.decode_s for t in ts]),
-                            "ratio_to_bare": summary([t.tps / b.tps for t, b in zip(ts, raw["bare"])]),
+                cells[m] = {"tps": C.summary([t.tps for t in ts]),
+                            "ttft_s": C.summary([t.ttft_s for t in ts]),
+                            "decode_s_per_token": C.summary([t.decode_s for t in ts]),
+                            "ratio_to_bare": C.summary([t.tps / b.tps for t, b in zip(ts, raw["bare"])]),
                             "raw_total_s": [t.total_s for t in ts]}
                 if "lora" in raw:
-                    cells[m]["ratio_to_lora"] = summary([t.tps / b.tps for t, b in zip(ts, raw["lora"])])
+                    cells[m]["ratio_to_lora"] = C.summary([t.tps / b.tps for t, b in zip(ts, raw["lora"])])
             res["results"][f"beam{beams}/B{B}"] = cells
     for c in clocks.values():
         c.remove()
