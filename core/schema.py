@@ -74,6 +74,10 @@ class RunnerConfig:
     # path to a DeepSpeed JSON config (e.g. conf/deepspeed/z2.json); needs the `deepspeed` extra
     deepspeed: str | None = None
     gradient_checkpointing: bool = False  # trade compute for memory on long sequences
+    # which positions a decoder's training and dev loss projects onto the vocabulary: labelled (only those
+    # whose next token is labelled, the answer; same gradients, 1.2-1.4x faster steps on SmolLM2, the loss
+    # summed in another order: equal within 2 ulp) | all (every position, as transformers does by default)
+    loss_positions: str = "labelled"
     logging_steps: int = 10  # train-loss logging interval (steps)
     # write the best PEFT weights alone beside the record (seed<k>.peft.safetensors; pefts/io.py)
     save_peft: bool = True

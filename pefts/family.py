@@ -150,7 +150,10 @@ class FamilyModel(nn.Module):
                 num_items_in_batch=None, **kwargs):
         """Like a HF causal LM: logits [B, T, V] aligned with `input_ids` (logits[:, t] predict token
         t+1); loss from `labels` (-100 = ignored). Instruction tokens: attended tokens before the first
-        supervised label, or all attended tokens when `labels` is None. Any padding side works."""
+        supervised label, or all attended tokens when `labels` is None. Any padding side works. As in
+        transformers, `logits_to_keep` (a 1-D tensor of the caller's columns) keeps only those columns'
+        logits [B, K, V] and `shift_labels` [B, K] are then their targets (runners/trainer.py: the loss
+        of the labelled positions only)."""
         from transformers.modeling_outputs import CausalLMOutputWithPast
 
         assert kwargs.get("past_key_values") is None, "incremental decoding goes through generate()"
@@ -159,14 +162,24 @@ class FamilyModel(nn.Module):
         if not self.causal:
             return self._encoder_forward(input_ids, attention_mask, labels, tenant_ids, **kwargs)
         kwargs.setdefault("use_cache", False)
+        keep, shift_labels = kwargs.pop("logits_to_keep", None), kwargs.pop("shift_labels", None)
+        assert keep is None or torch.is_tensor(keep), "logits_to_keep: a 1-D tensor of the caller's columns"
         with self._injected(input_ids, attention_mask, instruction_mask(attention_mask, labels), tenant_ids) as x:
+            pick = None
+            if keep is not None and x.gather is not None:  # the kept caller columns' backbone columns, per row
+                keep, pick = torch.unique(x.gather[:, keep], return_inverse=True)
             out = self.backbone(input_ids=x.input_ids, attention_mask=x.attention_mask, position_ids=x.position_ids,
-                                **kwargs)
-        logits = self.injector.logits_back(out.logits, x)
+                                **kwargs, **({} if keep is None else {"logits_to_keep": keep}))
+        if pick is not None:
+            logits = out.logits.gather(1, pick[..., None].expand(-1, -1, out.logits.shape[-1]))
+        elif keep is not None:
+            logits = out.logits
+        else:
+            logits = self.injector.logits_back(out.logits, x)
         loss = None
         if labels is not None:
             loss = self.backbone.loss_function(logits=logits, labels=labels, vocab_size=logits.shape[-1],
-                                               num_items_in_batch=num_items_in_batch)
+                                               num_items_in_batch=num_items_in_batch, shift_labels=shift_labels)
         return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                       attentions=out.attentions)
 

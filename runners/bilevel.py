@@ -26,11 +26,13 @@ import torch
 from transformers import TrainerCallback
 
 from pefts.registry import MethodBuild, ParamGroup
+from runners.trainer import labelled_positions
 
 
 class BilevelCallback(TrainerCallback):
     def __init__(self, model, arch_params: list[torch.nn.Parameter], dev_rows: list[dict], collator,
-                 lr: float, batch_size: int, seed: int, device: str, until: float = 1.0):
+                 lr: float, batch_size: int, seed: int, device: str, until: float = 1.0,
+                 labelled_only: bool = False):
         assert arch_params, "bi-level optimization needs architecture parameters"
         assert dev_rows, "bi-level optimization needs dev rows"
         self.model, self.params, self.rows, self.collator = model, arch_params, dev_rows, collator
@@ -40,6 +42,7 @@ class BilevelCallback(TrainerCallback):
         self.order: list[int] = []
         self.dev_steps = 0
         self.until, self.last_step = until, None  # dev steps while global_step <= ceil(until x max_steps)
+        self.labelled_only = labelled_only  # the dev loss from the labelled columns only (runners/trainer.py)
 
     def _next_batch(self) -> dict:
         if len(self.order) < self.batch_size:
@@ -47,8 +50,8 @@ class BilevelCallback(TrainerCallback):
             self.rng.shuffle(more)
             self.order += more
         idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
-        batch = self.collator([self.rows[i] for i in idx])
-        return {k: v.to(self.device) for k, v in batch.items()}
+        batch = {k: v.to(self.device) for k, v in self.collator([self.rows[i] for i in idx]).items()}
+        return {**batch, **labelled_positions(batch["labels"])} if self.labelled_only else batch
 
     def state_dict(self) -> dict:  # runners/checkpoint.py: Θ's optimizer and the dev-batch stream
         return {"opt": self.opt.state_dict(), "rng": self.rng.getstate(), "order": list(self.order),
@@ -110,7 +113,7 @@ def make_optimizer(model, runner, groups: list[ParamGroup] | None = None, exclud
 
 
 def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: int, seed: int, device: str,
-                   extra=()):
+                   extra=(), labelled_only: bool = False):
     """(optimizer, callbacks) for a method: the bi-level dev steps first (so a method callback at the same
     step, such as SSP's pruning, sees the step's Θ update), then the method's own callbacks."""
     theta = [p for p in build.bilevel.params if p.requires_grad] if build.bilevel is not None else []
@@ -118,6 +121,6 @@ def training_setup(build: MethodBuild, runner, dev_rows, collator, batch_size: i
     if theta:
         callbacks.append(BilevelCallback(build.model, theta, dev_rows, collator, lr=build.bilevel.lr,
                                          batch_size=batch_size, seed=seed, device=device,
-                                         until=build.bilevel.until))
+                                         until=build.bilevel.until, labelled_only=labelled_only))
     callbacks += list(build.callbacks)
     return make_optimizer(build.model, runner, build.param_groups, exclude=theta, extra=extra), callbacks

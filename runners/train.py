@@ -44,7 +44,7 @@ from runners.bilevel import training_setup
 from runners.data import prompt_batches
 from runners.kind import Kind
 from runners.scoring import SCORINGS, check_labels, predict_head, predict_likelihood
-from runners.trainer import BestStateAndEarlyStop, HarnessTrainer, gathered, trainable_parameters
+from runners.trainer import LOSS_POSITIONS, BestStateAndEarlyStop, HarnessTrainer, gathered, trainable_parameters
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)
@@ -322,11 +322,13 @@ def make_trainer(cfg, kind: Kind, data: Data, method: Method, tok, device: str, 
         "deepspeed": runner.deepspeed, "activation_checkpointing": runner.gradient_checkpointing,
         "disable_tqdm": not show_progress(runner), **overrides})
     collator = kind.collator(tok.pad_token_id)
+    labelled_only = runner.loss_positions == "labelled" and not kind.encoder  # encoders: class labels
     optimizer, method_callbacks = training_setup(method.built, runner, dev_rows, collator, batch_size=micro,
-                                                 seed=cfg.seed, device=device, extra=method.head)
+                                                 seed=cfg.seed, device=device, extra=method.head,
+                                                 labelled_only=labelled_only)
     trainer = HarnessTrainer(model=method.model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
                              data_collator=collator, callbacks=[*callbacks, *method_callbacks],
-                             optimizers=(optimizer, None))
+                             optimizers=(optimizer, None), labelled_only=labelled_only)
     trainer.remove_callback(PrinterCallback)  # BestStateAndEarlyStop logs dev losses instead
     return trainer, batch
 
@@ -393,6 +395,8 @@ def validate_settings(cfg) -> None:
                        ("max_test_examples", r.max_test_examples)):
         if value is not None and value < 1:
             raise UserError(f"runner.{key}={value} must be >= 1 or null (all rows)")
+    if r.loss_positions not in LOSS_POSITIONS:
+        raise UserError(f"runner.loss_positions='{r.loss_positions}' is not one of {', '.join(LOSS_POSITIONS)}")
     if r.scoring not in SCORINGS:
         raise UserError(f"runner.scoring='{r.scoring}' is not one of {', '.join(SCORINGS)}")
     if r.progress not in ("auto", "on", "off"):

@@ -79,15 +79,41 @@ class BestStateAndEarlyStop(TrainerCallback):
                 params[n].copy_(v)
 
 
+LOSS_POSITIONS = ("labelled", "all")  # runner.loss_positions
+
+
+def labelled_positions(labels: torch.Tensor) -> dict:
+    """Keyword arguments that make a causal LM project only the columns whose next token is labelled (in any
+    row of the batch) onto the vocabulary, with those columns' targets: transformers' own `logits_to_keep`
+    (a 1-D tensor of columns) and `shift_labels` ([B, K], -100 where a row has no label there), which its
+    causal-LM loss uses instead of shifting `labels`. Rows answer in 1-3 tokens of 40-100, so the vocabulary
+    projection (SmolLM2: 576 x 49152, a fifth of the model's FLOPs) and the log-softmax run on a few columns
+    instead of all. Every method's forward honours both (peft passes them through; FamilyModel and
+    PromptInserter move the columns past their soft positions; tests/test_methods.py checks all)."""
+    shift = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+    keep = (shift != -100).any(0).nonzero().flatten()
+    return {"logits_to_keep": keep, "shift_labels": shift[:, keep].contiguous()}
+
+
 class HarnessTrainer(Trainer):
     """HF Trainer that stops at the first non-finite training loss (Trainer's own `logging_nan_inf_filter`
     would replace it by the running mean in the logs and keep training on NaN weights), and whose
     checkpoints hold the PEFT tensors alone plus the callbacks' state (runners/checkpoint.py): Trainer's
     `_save` would write the whole backbone (540 MB for SmolLM2) at every evaluation."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, labelled_only: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_seconds = 0.0  # wall time inside evaluate() (dev loss), for the record's timing_s
+        self.labelled_only = labelled_only  # runner.loss_positions=labelled on a decoder: `labelled_positions`
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Trainer's own loss path (num_items_in_batch, accumulation, device scaling), with the model asked for
+        # the labelled columns' logits only. Dev loss (prediction_step) comes through here too; its outputs are
+        # not kept (prediction_loss_only).
+        if self.labelled_only and "labels" in inputs:
+            inputs = {**inputs, **labelled_positions(inputs["labels"])}
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def evaluate(self, *args, **kwargs):
         t0 = time.perf_counter()

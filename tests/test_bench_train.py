@@ -23,10 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 def test_train_mode_runs_end_to_end(tmp_path):
     shared_data("glue", "SST-2")
     main(["train", "backbone=tiny", "quick=true", "methods=lora,iapt", "tasks=sst2", "dtypes=float32",
-          f"out={tmp_path}", "steps=2", "rounds=2", "warmup=1"])
+          f"out={tmp_path}", "steps=2", "rounds=2", "warmup=1", "loss_positions=labelled,all"])
     res = json.load(open(os.path.join(tmp_path, "train_tiny_quick.json")))
-    cells = {(c["method"], c["task"], c["dtype"]): c for c in res["cells"]}
-    assert set(cells) == {("lora", "sst2", "float32"), ("iapt", "sst2", "float32"), ("loop", "sst2", "float32")}
+    every = {(c["method"], c["task"], c["dtype"], c["loss_positions"]): c for c in res["cells"]}
+    assert set(every) == {(m, "sst2", "float32", p) for m in ("lora", "iapt", "loop") for p in ("labelled", "all")}
+    # labelled positions: fewer FLOPs counted in a step (the vocabulary projection of the answer columns only)
+    for m in ("lora", "iapt", "loop"):
+        assert every[m, "sst2", "float32", "labelled"]["flops_per_step"] < every[m, "sst2", "float32", "all"]["flops_per_step"]
+    cells = {k[:3]: c for k, c in every.items() if k[3] == "labelled"}
     for c in cells.values():
         assert len(c["rounds"]) == 2 and all(r["steps"] == 2 for r in c["rounds"]), c["rounds"]
         assert 0 < c["real_tokens_per_step"] and 0 <= c["padding_share"] < 1
@@ -37,7 +41,7 @@ def test_train_mode_runs_end_to_end(tmp_path):
     assert cells["iapt", "sst2", "float32"]["vs_loop"]["n"] == 2
     assert res["peak_flops"]["float32"] > 0
     md = open(os.path.join(tmp_path, "train_tiny_quick.md")).read()
-    assert "| sst2 | float32 | loop |" in md and "reference" in md and "Training throughput" in md
+    assert "| sst2 | float32 | labelled | loop |" in md and "| sst2 | float32 | all | loop |" in md and "reference" in md and "Training throughput" in md
 
 
 @pytest.mark.parametrize("arg, says", [
@@ -45,6 +49,7 @@ def test_train_mode_runs_end_to_end(tmp_path):
     ("tasks=boolq", "tasks: 'boolq' is not valid in train mode; valid options: sst2, rte, mrpc, cb"),
     ("methods=lora,nope", "methods: 'nope' is not valid in train mode"),
     ("steps=0", "steps=0 must be a positive integer"),
+    ("loss_positions=some", "loss_positions: 'some' is not valid in train mode; valid options: labelled, all"),
     ("loop=maybe", "loop='maybe' is not valid; valid options: true, false"),
     ("data_root=/nonexistent", "data_root='/nonexistent' is not a folder"),
 ])

@@ -3,7 +3,8 @@
 Parametrized over `METHODS.names()`, so methods added later are covered automatically:
 only the method's parameters train; forward/backward with left and right padding give each row what
 it gets alone; cached generation equals uncached (greedy and beam search) and rows equal rows alone;
-save_peft -> load_peft onto a fresh backbone + method reproduces the outputs. Trainable parameters are
+save_peft -> load_peft onto a fresh backbone + method reproduces the outputs; the loss of the labelled
+columns only (runners/trainer.py `labelled_positions`) gives the same gradients. Trainable parameters are
 perturbed first, so zero-initialized (identity) methods cannot pass by doing nothing.
 
     .venv/bin/python -m pytest tests/test_methods.py -q
@@ -21,6 +22,7 @@ from pefts.blocks.prompts import PromptInserter
 from pefts.io import load_peft, save_peft
 from pefts.registry import METHODS, build_method
 from runners.backbones import load_backbone
+from runners.trainer import labelled_positions
 from tests.conftest import ROOT, compose
 
 NAMES = METHODS.names()
@@ -172,3 +174,31 @@ def test_soft_prompt_refusals(name):
                        pad_token_id=tok.pad_token_id)
     with pytest.raises(ValueError, match="inputs_embeds"):
         model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_labelled_positions_give_the_same_loss_and_gradients(name):
+    """runner.loss_positions=labelled: the model projects only the labelled columns onto the vocabulary. Same
+    gradients bit for bit and the same logits at those columns; the loss is the same sum taken in another
+    order (fewer ignored zeros), so it may differ in its last bits."""
+    _, model, tok = build(name)
+    model.train()
+    for side in ("right", "left"):
+        ids, mask, labels = batch(tok, side)
+        n = (labels[:, 1:] != -100).sum()
+        got = []
+        for extra in ({}, labelled_positions(labels)):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # the same dropout masks
+            out = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n, **extra)
+            out.loss.backward()
+            got.append((out.loss.detach(), out.logits.detach(),
+                        [p.grad.clone() for p in model.parameters() if p.requires_grad and p.grad is not None]))
+        (loss, logits, grads), (loss2, logits2, grads2) = got
+        keep = labelled_positions(labels)["logits_to_keep"]
+        assert logits2.shape == (ids.shape[0], len(keep), logits.shape[-1]), f"{name}: {tuple(logits2.shape)}"
+        assert len(keep) < ids.shape[1] - 1, "the test batch must leave some columns out"
+        assert torch.equal(logits2, logits[:, keep]), f"{name} ({side} pad): kept logits differ"
+        torch.testing.assert_close(loss2, loss, rtol=3e-7, atol=0, msg=lambda m: f"{name} ({side} pad): {m}")
+        assert len(grads2) == len(grads) and all(torch.equal(a, b) for a, b in zip(grads, grads2)), (
+            f"{name} ({side} pad): gradients differ")

@@ -79,6 +79,21 @@ def test_same_seed_same_metrics(tmp_results):
     assert c["curve"]["train"] != a["curve"]["train"], "another seed should change data order/initialization"
 
 
+def test_labelled_loss_positions_change_no_result(tmp_results):
+    """runner.loss_positions=labelled (the default) against all: the same training trajectory and answers;
+    train and dev losses equal to the last bits (the sum over fewer ignored columns runs in another order)."""
+    a = run_cfg("seed=7", "runner.loss_positions=all", "variant=all-positions")
+    b = run_cfg("seed=7")
+    assert a["metrics"] == b["metrics"] and a["dev"] == b["dev"]
+    for part in ("train", "dev"):
+        xs, ys = a["curve"][part], b["curve"][part]
+        assert [x["step"] for x in xs] == [y["step"] for y in ys]
+        key = "train_loss" if part == "train" else "dev_loss"
+        assert all(abs(x[key] - y[key]) <= 1e-6 * abs(x[key]) for x, y in zip(xs, ys)), (xs, ys)
+    pa, pb = (tmp_results / "tiny" / "synth-compare" / c / "seed7.predictions.jsonl" for c in ("all-positions", "lora"))
+    assert pa.read_text() == pb.read_text()
+
+
 def cli(*args, env_extra=None, timeout=600):
     env = dict(os.environ, **(env_extra or {}))
     return subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True,

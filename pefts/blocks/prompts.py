@@ -5,7 +5,8 @@ padding, so a padded row equals the row run alone under RoPE); the positions com
 layout (`insert_soft_positions`, pefts/blocks/layout.py, position "prepend"). They travel through the
 model as placeholder ids `>= num_embeddings` in `input_ids`; an embedding hook swaps in the vectors.
 Because the placeholders are ordinary tokens of the sequence, HF `generate` handles KV caches, beam
-reordering and uncached decoding itself. Forward calls insert the placeholders and strip their logits.
+reordering and uncached decoding itself. Forward calls insert the placeholders and strip their logits
+(or, given transformers' `logits_to_keep` columns, keep those columns' logits alone).
 
 Encoders (RoBERTa + a classification head, ID-SPAM's baselines): the prompt goes right behind <s>, whose
 state the head reads (position "after_first", as the input-aware family places it on encoders); the class
@@ -126,6 +127,13 @@ class PromptInserter(nn.Module):
             if labels is not None:
                 kwargs["labels"] = labels2
             self._strip = keep
+            if torch.is_tensor(kwargs.get("logits_to_keep")):  # caller columns -> their columns here, per row
+                src = keep.nonzero()[:, 1].view(keep.shape[0], -1)
+                cols, self._strip = torch.unique(src[:, kwargs["logits_to_keep"]], return_inverse=True)
+                kwargs["logits_to_keep"] = cols
+                if kwargs.get("shift_labels") is not None:  # each target at its column's place among `cols`
+                    kwargs["shift_labels"] = kwargs["shift_labels"].new_full((ids.shape[0], len(cols)), -100).scatter(
+                        1, self._strip, kwargs["shift_labels"])
         self._ctx = _Ctx(ph, instr)
         return (), kwargs
 
@@ -143,7 +151,9 @@ class PromptInserter(nn.Module):
         self._ctx = None
         keep, self._strip = self._strip, None
         logits = getattr(output, "logits", None)
-        if keep is not None and logits is not None and logits.shape[1] == keep.shape[1]:
+        if keep is not None and logits is not None and keep.dtype != torch.bool:  # logits_to_keep: [B, K] picks
+            output.logits = logits.gather(1, keep[..., None].expand(-1, -1, logits.shape[-1]))
+        elif keep is not None and logits is not None and logits.shape[1] == keep.shape[1]:
             output.logits = logits[keep].view(keep.shape[0], keep.shape[1] - self.n, logits.shape[-1])
         return output
 

@@ -19,6 +19,7 @@ memory= (true), quick= (true: 2 rounds, 1 warm-up, 4 new tokens, small sweeps), 
 
 Train mode (scripts/bench/train.py): methods= (default lora,iapt,parade,para,idspam,lpt,p_tuning_v2; any
 registered method), tasks= (sst2,rte; also mrpc, cb), dtypes= (float32,bfloat16: runner.dtype of each cell),
+loss_positions= (labelled; also all: runner.loss_positions of each cell),
 steps= (optimizer steps per cell and round, 4), rounds= (5), warmup= (3), loop= (true: the independent minimal
 LoRA loop), max_seq_len= (256), train_rows= (2000: runner.max_train_examples, the rows the
 batches are drawn from), data_root= (../shared/data or $HARNESS_DATA).
@@ -76,6 +77,8 @@ class Options:
     tasks: list[str] = field(default_factory=lambda: ["sst2", "rte"])  # train mode
     steps: int = 4  # train mode: optimizer steps per cell and round
     dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])  # train mode: runner.dtype values
+    # train mode: runner.loss_positions values (labelled: the vocabulary projection of the answer columns only)
+    loss_positions: list[str] = field(default_factory=lambda: ["labelled"])
     loop: bool = True  # train mode: the independent minimal LoRA loop as the reference
     max_seq_len: int = 256  # train mode: runner.max_seq_len
     train_rows: int = 2000  # train mode: runner.max_train_examples (the rows batches are drawn from)
@@ -92,7 +95,8 @@ class Options:
         return o
 
 
-_LISTS = {"methods": str, "beams": int, "batches": int, "tenants": int, "tasks": str, "dtypes": str}
+_LISTS = {"methods": str, "beams": int, "batches": int, "tenants": int, "tasks": str, "dtypes": str,
+          "loss_positions": str}
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16"),
             "template": ("plain", "chat"), "clock": ("wall", "cpu"), "memory": ("true", "false"), "quick": ("true", "false"),
             "loop": ("true", "false")}
@@ -188,8 +192,11 @@ def _validate(o: Options) -> None:
 
 def _validate_train(o: Options, methods) -> None:
     """The train mode's own checks: registered methods, tasks with local data, training dtypes."""
+    from runners.trainer import LOSS_POSITIONS
+
     for key, vals, allowed in (("methods", o.methods, list(methods)), ("tasks", o.tasks, list(TRAIN_TASKS)),
-                               ("dtypes", o.dtypes, ["float32", "bfloat16"])):
+                               ("dtypes", o.dtypes, ["float32", "bfloat16"]),
+                               ("loss_positions", o.loss_positions, list(LOSS_POSITIONS))):
         bad = [v for v in vals if v not in allowed]
         if bad:
             raise UserError(f"{key}: {bad[0]!r} is not valid in train mode; valid options: {', '.join(allowed)}")

@@ -175,7 +175,8 @@ def render_stream(res: dict) -> str:
 
 
 def render_train(res: dict) -> str:
-    """The train mode's record: one row per (task, dtype, method), the independent loop last in each block."""
+    """The train mode's record: one row per (task, dtype, loss positions, method), the independent loop last in
+    each block. `loss at`: runner.loss_positions (records made before it existed computed all columns)."""
     o = res["options"]
     peak = ", ".join(f"{d} {v / 1e9:.0f} GFLOP/s" for d, v in res["peak_flops"].items())
     lines = [_title(res, "Training throughput"), "",
@@ -184,13 +185,14 @@ def render_train(res: dict) -> str:
              f"({2048}^3, same threads): {peak}. MFU = 6 (N_backbone + N_trainable) x real tokens / time / peak; "
              "exec = counted FLOPs of a step (flop_counter: padding and the method's modules included) / time / "
              "peak. `vs loop`: tokens/s over the independent minimal LoRA loop's in the same round.", "",
-             "| task | dtype | method | real tokens/s | s/step | real tokens/step | padding | MFU | exec | GFLOP/step | vs loop |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| task | dtype | loss at | method | real tokens/s | s/step | real tokens/step | padding | MFU | exec | "
+             "GFLOP/step | vs loop |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in res["cells"]:
         t, s = c["tokens_per_s"], c["s_per_step"]
         util = c.get("exec_util") or {}
         lines.append(
-            f"| {c['task']} | {c['dtype']} | {c['method']} | {_f(t['median'], '{:.0f}')} [{_f(t['q1'], '{:.0f}')}–"
+            f"| {c['task']} | {c['dtype']} | {c.get('loss_positions', 'all')} | {c['method']} | {_f(t['median'], '{:.0f}')} [{_f(t['q1'], '{:.0f}')}–"
             f"{_f(t['q3'], '{:.0f}')}] | {_f(s['median'], '{:.3f}')} | {c['real_tokens_per_step']:.0f} | "
             f"{100 * c['padding_share']:.0f}% | {_f(100 * c['mfu']['median'] if c['mfu']['median'] else None, '{:.1f}%')} | "
             f"{_f(100 * util['median'] if util.get('median') else None, '{:.1f}%')} | "

@@ -3,13 +3,14 @@ against an independent minimal loop and the machine's matmul peak, measured in t
 
     python -m scripts.bench train                                   # SmolLM2-135M, SST-2 + RTE, fp32 + bf16
     python -m scripts.bench train methods=lora,iapt dtypes=float32 rounds=6 steps=3 threads=2
+    python -m scripts.bench train loss_positions=all,labelled       # the labelled-columns loss against all
     python -m scripts.bench train backbone=tiny quick=true out=/tmp/bench      # seconds (the tests)
     make bench-train [BENCH_ARGS="rounds=8 threads=2"]
 
-Cells: every (method, task, dtype). A cell is built the way a run builds it, by runners/train.py's own stages
+Cells: every (method, task, dtype, loss positions). A cell is built the way a run builds it, by runners/train.py's own stages
 (`prepare_data`, `load_frozen_backbone`, `build_method`, `make_trainer`) from the composed config of
 `experiment=iapt_sst2_cpu` (150 steps x 8 rows on SmolLM2, chat template, max_seq_len 256; `dtype` sets
-`runner.dtype`), with the task's real rows from ../shared/data. Each round runs `trainer.train()` of every
+`runner.dtype`, `loss_positions` sets `runner.loss_positions`), with the task's real rows from ../shared/data. Each round runs `trainer.train()` of every
 cell for `steps` optimizer steps (no evaluation, no checkpoint; the same seeded data order every round), in
 an order rotated by the round, after `warmup` rounds that are not counted; a callback times every optimizer
 step (forward and backward of every micro-batch, clipping, optimizer, scheduler and method callbacks such as
@@ -19,7 +20,8 @@ Anchors in the same rounds:
 - `loop`: an independent minimal loop, plain PyTorch + peft LoRA (`peft.get_peft_model` with method=lora's
   rank, alpha, dropout and targets on its own copy of the backbone), the same batches as the harness's
   LoRA cell (taken from its Trainer's dataloader), AdamW at the same rate, gradient clipping at 1.0 (what
-  Trainer does), no Trainer. Every cell's tokens/s is also given as the median over rounds of its ratio to
+  Trainer does), no Trainer; with loss_positions=labelled it asks transformers for the labelled columns'
+  logits alone (`logits_to_keep` + `shift_labels`), as the harness then does. Every cell's tokens/s is also given as the median over rounds of its ratio to
   the loop's tokens/s in the same round and task.
 - `peak`: the FLOP/s of a plain n x n matmul (n = 2048, the best of 3 per round) in each dtype measured,
   at the same threads.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import statistics
 import tempfile
@@ -88,6 +91,7 @@ class Cell:
     name: str  # method, or LOOP
     task: str
     dtype: str
+    positions: str  # runner.loss_positions
     step: object  # () -> (seconds per step list, real tokens, padded tokens) of one round
     n_backbone: int
     n_trainable: int
@@ -95,22 +99,23 @@ class Cell:
     rounds: list = dataclasses.field(default_factory=list)
 
 
-def _config(o: Options, method: str, task: str, dtype: str):
+def _config(o: Options, method: str, task: str, dtype: str, positions: str = "labelled"):
     from core.config import compose
 
     return compose(["experiment=iapt_sst2_cpu", f"backbone={o.backbone}", f"method={method}", f"task={task}",
-                    f"runner.dtype={dtype}", "runner.progress=off", "runner.resume=false", "logger=none",
+                    f"runner.dtype={dtype}", f"runner.loss_positions={positions}", "runner.progress=off", "runner.resume=false", "logger=none",
                     # the first rows only: speed depends on the rows' lengths, not on how many there are
                     f"runner.max_train_examples={o.train_rows}", "runner.max_dev_examples=8",
                     f"data_dir={os.path.join(o.data_root, DATA[task])}", f"runner.max_seq_len={o.max_seq_len}"])
 
 
-def harness_cell(o: Options, method: str, task: str, dtype: str, dev: str, scratch: str) -> tuple[Cell, list]:
+def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str, dev: str,
+                 scratch: str) -> tuple[Cell, list]:
     """A cell through runners/train.py's stages; also the first batches its Trainer's dataloader gives."""
     from runners import train as T
     from runners.kind import Kind
 
-    cfg = _config(o, method, task, dtype)
+    cfg = _config(o, method, task, dtype, positions)
     kind = Kind.of(cfg.backbone)
     cfg.runner.scoring = kind.scoring(cfg.runner.scoring)
     torch.manual_seed(o.seed)
@@ -133,8 +138,8 @@ def harness_cell(o: Options, method: str, task: str, dtype: str, dev: str, scrat
         trainer.train()
         return timer.times, sum(t[0] for t in counter.tokens[:used]), sum(t[1] for t in counter.tokens[:used])
 
-    cell = Cell(method, task, dtype, step, n_backbone, method_.params["trainable"])
-    cell.flops = _count_flops(lambda: method_.model(**batches[0]).loss.backward())
+    cell = Cell(method, task, dtype, positions, step, n_backbone, method_.params["trainable"])
+    cell.flops = _count_flops(lambda: trainer.compute_loss(method_.model, batches[0]).backward())
     method_.model.zero_grad(set_to_none=True)
     return cell, batches
 
@@ -147,7 +152,7 @@ def _first_batches(trainer, n: int):
         yield {k: v for k, v in batch.items()}
 
 
-def loop_cell(o: Options, task: str, dtype: str, dev: str, batches: list) -> Cell:
+def loop_cell(o: Options, task: str, dtype: str, positions: str, dev: str, batches: list) -> Cell:
     """The independent minimal loop over `batches` (the harness LoRA cell's)."""
     import peft
 
@@ -169,8 +174,16 @@ def loop_cell(o: Options, task: str, dtype: str, dev: str, batches: list) -> Cel
     amp = (lambda: torch.autocast(dev, dtype=torch.bfloat16)) if dtype == "bfloat16" else contextlib.nullcontext
     cuda = dev == "cuda"
 
-    def one(batch):
+    def inputs(batch):
         batch = {k: v.to(dev) for k, v in batch.items()}
+        if positions == "all":
+            return batch
+        shift = torch.nn.functional.pad(batch["labels"], (0, 1), value=-100)[:, 1:]  # transformers' own kwargs
+        cols = (shift != -100).any(0).nonzero().flatten()
+        return {**batch, "logits_to_keep": cols, "shift_labels": shift[:, cols]}
+
+    def one(batch):
+        batch = inputs(batch)
         with amp():
             loss = model(**batch).loss
         loss.backward()
@@ -192,8 +205,8 @@ def loop_cell(o: Options, task: str, dtype: str, dev: str, batches: list) -> Cel
             padded += b["attention_mask"].numel()
         return times, real, padded
 
-    cell = Cell(LOOP, task, dtype, step, n_backbone, sum(p.numel() for p in params))
-    cell.flops = _count_flops(lambda: model(**{k: v.to(dev) for k, v in batches[0].items()}).loss.backward())
+    cell = Cell(LOOP, task, dtype, positions, step, n_backbone, sum(p.numel() for p in params))
+    cell.flops = _count_flops(lambda: model(**inputs(batches[0])).loss.backward())
     opt.zero_grad(set_to_none=True)
     return cell
 
@@ -232,19 +245,18 @@ def run_train(o: Options) -> dict:
     dev, _ = device_and_dtype(o)
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as scratch:
-        for dtype in o.dtypes:
-            for task in o.tasks:
-                lora_batches = None
-                for method in o.methods:
-                    progress(f"building {method} on {task} ({dtype})")
-                    cell, batches = harness_cell(o, method, task, dtype, dev, os.path.join(scratch, "t"))
-                    cells.append(cell)
-                    if method == "lora":
-                        lora_batches = batches
-                if o.loop:
-                    if lora_batches is None:  # the loop replays the harness LoRA cell's batches
-                        _, lora_batches = harness_cell(o, "lora", task, dtype, dev, os.path.join(scratch, "t"))
-                    cells.append(loop_cell(o, task, dtype, dev, lora_batches))
+        for dtype, task, positions in itertools.product(o.dtypes, o.tasks, o.loss_positions):
+            lora_batches = None
+            for method in o.methods:
+                progress(f"building {method} on {task} ({dtype}, loss at {positions} positions)")
+                cell, batches = harness_cell(o, method, task, dtype, positions, dev, os.path.join(scratch, "t"))
+                cells.append(cell)
+                if method == "lora":
+                    lora_batches = batches
+            if o.loop:
+                if lora_batches is None:  # the loop replays the harness LoRA cell's batches
+                    _, lora_batches = harness_cell(o, "lora", task, dtype, positions, dev, os.path.join(scratch, "t"))
+                cells.append(loop_cell(o, task, dtype, positions, dev, lora_batches))
         peaks = {d: [] for d in o.dtypes}
         for r in range(o.warmup + o.rounds):
             for d in o.dtypes:
@@ -264,11 +276,12 @@ def run_train(o: Options) -> dict:
 
 
 def _summarise(c: Cell, cells: list[Cell], peak: float, warmup: int) -> dict:
-    loop = next((x for x in cells if x.name == LOOP and x.task == c.task and x.dtype == c.dtype), None)
+    loop = next((x for x in cells if x.name == LOOP and (x.task, x.dtype, x.positions) == (c.task, c.dtype,
+                                                                                          c.positions)), None)
     tps = [x["real_tokens"] / x["seconds"] for x in c.rounds]
     n = c.n_backbone + c.n_trainable
     mfu = [6 * n * x["real_tokens"] / x["seconds"] / peak for x in c.rounds]
-    out = {"method": c.name, "task": c.task, "dtype": c.dtype, "n_backbone": c.n_backbone,
+    out = {"method": c.name, "task": c.task, "dtype": c.dtype, "loss_positions": c.positions, "n_backbone": c.n_backbone,
            "n_trainable": c.n_trainable, "tokens_per_s": summary(tps),
            "s_per_step": summary([x["seconds"] / x["steps"] for x in c.rounds]),
            "real_tokens_per_step": statistics.mean(x["real_tokens"] / x["steps"] for x in c.rounds),
