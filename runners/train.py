@@ -44,7 +44,13 @@ from runners.bilevel import training_setup
 from runners.data import prompt_batches
 from runners.kind import Kind
 from runners.scoring import SCORINGS, check_labels, predict_head, predict_likelihood
-from runners.trainer import LOSS_POSITIONS, BestStateAndEarlyStop, HarnessTrainer, gathered, trainable_parameters
+from runners.trainer import (
+    LOSS_POSITIONS,
+    BestStateAndEarlyStop,
+    HarnessTrainer,
+    gathered,
+    trainable_parameters,
+)
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)

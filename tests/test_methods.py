@@ -199,6 +199,6 @@ def test_labelled_positions_give_the_same_loss_and_gradients(name):
         assert logits2.shape == (ids.shape[0], len(keep), logits.shape[-1]), f"{name}: {tuple(logits2.shape)}"
         assert len(keep) < ids.shape[1] - 1, "the test batch must leave some columns out"
         assert torch.equal(logits2, logits[:, keep]), f"{name} ({side} pad): kept logits differ"
-        torch.testing.assert_close(loss2, loss, rtol=3e-7, atol=0, msg=lambda m: f"{name} ({side} pad): {m}")
+        torch.testing.assert_close(loss2, loss, rtol=3e-7, atol=0, msg=lambda m, side=side: f"{name} ({side} pad): {m}")
         assert len(grads2) == len(grads) and all(torch.equal(a, b) for a, b in zip(grads, grads2)), (
             f"{name} ({side} pad): gradients differ")
