@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/python run.py
 
-.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train clean
+.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,8 +41,9 @@ runs: $(STAMP)  ## aggregate every finished run into results/tables/runs.{md,csv
 SCALE   ?=
 SUFFIX  := $(if $(filter cpu,$(SCALE)),_cpu,)
 LAUNCHER ?=
-# LAUNCHER=slurm sends the missing cells to the cluster (conf/hydra/launcher/slurm.yaml, docs/cluster.md)
-TABLE_ARGS := $(if $(LAUNCHER),launcher=$(LAUNCHER),)
+# LAUNCHER=slurm sends the missing cells to the cluster (conf/hydra/launcher/slurm.yaml, docs/cluster.md);
+# ALLOW_MIXED=true renders runs of several commits into one table (listed under it; refused otherwise)
+TABLE_ARGS := $(if $(LAUNCHER),launcher=$(LAUNCHER),) $(if $(ALLOW_MIXED),allow_mixed_commits=$(ALLOW_MIXED),)
 
 table1: $(STAMP)  ## IAPT Table 1 (make table1 SCALE=cpu: at this machine's scale)
 	$(BIN)/python -m scripts.table experiment=iapt_table1$(SUFFIX) $(TABLE_ARGS)
@@ -61,6 +62,9 @@ BENCH_ARGS ?=
 
 table4: $(STAMP)  ## inference Table 4: beams 1 and 3, 100 interleaved rounds -> results/bench/table4.{json,md}
 	$(BIN)/python -m scripts.bench table4 $(BENCH_ARGS)
+
+gpu-check: $(STAMP)  ## on a CUDA machine: bf16 training with loss checks, Table 4 and the tenant sweep (< 10 min)
+	$(BIN)/python -m scripts.gpu_check $(GPU_ARGS)
 
 bench-tenants: $(STAMP)  ## B = 1, 4, 16, 64 mixed-tenant rows -> results/bench/tenants.*, results/figures/bench_tenants.png
 	$(BIN)/python -m scripts.bench tenants $(BENCH_ARGS)

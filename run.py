@@ -28,7 +28,15 @@ from omegaconf import DictConfig  # noqa: E402
 import core.schema  # noqa: E402,F401  (registers schemas)
 import pefts  # noqa: E402,F401  (registers methods)
 import tasks  # noqa: E402,F401  (registers tasks)
-from core.errors import UserError, exit_on_user_error, one_line  # noqa: E402
+from core.errors import (  # noqa: E402
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    UserError,
+    exit_on_user_error,
+    one_line,
+)
 from runners.sweep import expand_argv  # noqa: E402
 
 CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
@@ -147,20 +155,26 @@ def _check_type(arg: str, schema, field: str) -> None:
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     from runners.results import RunLocked
-    from runners.train import RunFailed, run
+    from runners.train import Preempted, RunFailed, run
 
     logging.getLogger("transformers").setLevel(logging.WARNING)
     try:
         record = run(cfg)
-    except RunLocked as e:  # another process trains this run: skip it, and let a sweep go on
-        print(one_line(e), file=sys.stderr)
+    except RunLocked as e:  # another process trains this run: skip it (exit 0), and let a sweep go on
+        print(f"skipped: {e}", file=sys.stderr)
         return
     except UserError as e:  # one clear line, non-zero exit, even inside a Hydra sweep
         print(one_line(e), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None
     except RunFailed as e:  # the run started and raised: one line naming its failed record
         print(f"error: run failed: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_FAILED) from None
+    except Preempted as e:  # SIGTERM/SIGINT in training: checkpointed; a relaunch (or a requeue) resumes
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
+    except KeyboardInterrupt:  # SIGINT outside training: records are written atomically, nothing half-done
+        print("interrupted: no record written for this run", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
     state = "skipped (exists)" if record.get("skipped") else f"done in {record['wall_time_s']:.0f} s"
     print(f"[{record['backbone']}/{record['task']}/{record['cell']}/seed{record['seed']}] {state}: "
           f"test {record['metrics']}")

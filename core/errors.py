@@ -12,6 +12,13 @@ from core.registry import RegistryError
 USER_ERRORS = (RegistryError, HydraException, OmegaConfBaseException, FileNotFoundError, ValueError)
 
 
+# Exit codes of run.py (README "Exit codes"): 0 done or skipped (finished, or another process runs it), 1 the run
+# failed (a failed record names the error), 2 bad input or an unwritable file system (nothing written), 75 stopped
+# by SIGTERM/SIGINT with a checkpoint (EX_TEMPFAIL: relaunch the same command to resume), 130 interrupted
+# outside training (nothing finished-looking written).
+EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED, EXIT_INTERRUPTED = 1, 2, 75, 130
+
+
 class UserError(Exception):
     """A problem with what the user asked for (bad value, missing file, conflicting result)."""
 
@@ -28,4 +35,4 @@ def exit_on_user_error(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except (UserError, *USER_ERRORS) as e:
         print(one_line(e), file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USAGE) from None

@@ -129,6 +129,8 @@ class RunConfig:
     # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
     force: bool = False  # rerun even if the result file exists
+    # take over a run's lock held by a process on another host (its liveness cannot be checked from here)
+    break_lock: bool = False
     # where seed<k>.json files go; conf/config.yaml reads $HARNESS_RESULTS first
     results_dir: str = "results/runs"
     print_table: bool = True  # print the cell's table (trained vs untrained) after the run/sweep

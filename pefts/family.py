@@ -225,6 +225,23 @@ class FamilyModel(nn.Module):
         out.sequences = full
         return out
 
+    @torch.no_grad()
+    def generated(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """What the default generator makes for each row at each chosen layer, {layer: [B, n, o]} (soft prompts,
+        or scaling vectors with n = 1), from one forward pass with every attended token as instruction
+        (runners/input_dependence.py measures how it varies across inputs)."""
+        out: dict[int, torch.Tensor] = {}
+
+        def keep(module, args, output):
+            out[int(args[0])] = output.detach().float()
+
+        handle = self.generators["default"].register_forward_hook(keep)
+        try:
+            self(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+        return out
+
     def architecture_parameters(self) -> list[nn.Parameter]:
         """The default generator's architecture parameters (IAPT's rational coefficients, for
         runners/bilevel.py): those a `GeneratorBank` declares; [] for any other generator."""

@@ -15,8 +15,10 @@ seeds, is an error naming the differing keys, never a silent skip or a mixed med
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
+import logging
 import os
 import platform
 import socket
@@ -30,21 +32,24 @@ from omegaconf import OmegaConf
 
 from core.errors import UserError
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 ZERO_SHOT = "zero-shot"  # cell name of the untrained-backbone reference row (runners/train.py writes it)
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
-# Keys that do not change what a run computes (where it is written, how it is logged, where data is read from).
-NOT_COMPARED = {"seed", "force", "logger", "results_dir", "data_dir", "data_root", "print_table", "experiment",
-                "columns", "task_source",  # how a table shows runs (task_source acts through task.source)
+# Keys that do not change what a run computes (where it is written, how it is logged, where data is read from;
+# num_threads and loss_positions change the order of float sums only: the same gradients, losses to the last bits).
+NOT_COMPARED = {"seed", "force", "break_lock", "logger", "results_dir", "data_dir", "data_root", "print_table",
+                "experiment", "columns", "task_source",  # how a table shows runs (task_source acts through task.source)
                 "runner.cache_dir", "runner.device", "runner.num_threads", "runner.logging_steps",
-                "runner.save_peft", "runner.resume", "runner.progress", "task.local_dir"}
+                "runner.save_peft", "runner.resume", "runner.progress", "runner.loss_positions", "task.local_dir"}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "wandb", "accelerate", "gguf")
 REQUIRED_KEYS = ("schema", "backbone", "task", "method", "cell", "seed", "status", "metrics", "dev", "params",
                  "config", "provenance", "wall_time_s", "curve")
 # the order of a record's keys after its identity (JSON keeps it; records stay byte-comparable across versions)
 RECORD_ORDER = ("status", "metrics", "dev", "params", "config", "provenance", "wall_time_s", "timing_s", "curve",
-                "split_sizes", "protocol", "chance", "steps", "effective_batch_size")
+                "split_sizes", "protocol", "chance", "steps", "effective_batch_size", "input_dependence")
 
 
 def new_record(cfg, config: dict, cell: str | None = None, **fields) -> dict:
@@ -207,7 +212,42 @@ def clear_failed(path: str) -> None:
 
 
 class RunLocked(UserError):
-    """Another live process holds this run's lock."""
+    """Another live process holds this run's lock (or one on another host, which cannot be checked from here).
+    Not an error of the launch: run.py says `skipped:` and exits 0, and a sweep goes on."""
+
+
+class WriteError(UserError):
+    """The file system refused a write (permissions, not a folder, disk full, read-only): one line, exit 2."""
+
+
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOSPC, errno.EDQUOT,
+                errno.EROFS, errno.ENAMETOOLONG, errno.ENOENT, errno.EFBIG}
+
+
+def write_error(e: OSError, what: str) -> WriteError:
+    """An OSError of writing `what` as one line naming it, the reason and the way out."""
+    reason = e.strerror or type(e).__name__
+    where = e.filename or what
+    return WriteError(f"cannot write {what} ('{where}': {reason}); free space or choose a writable results_dir= "
+                      "(or $HARNESS_RESULTS); the run left no record")
+
+
+def ensure_writable(path: str) -> None:
+    """Before any work: the folder of the record `path` exists (made if needed) and takes a file, else one
+    line (WriteError). Catches a results_dir under a regular file, a folder without write permission, a
+    read-only or full file system."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe.")
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
+    except OSError as e:
+        raise write_error(e, f"the results folder '{folder}'") from None
 
 
 def _alive(pid: int) -> bool:
@@ -221,9 +261,10 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_lock(path: str):
+def run_lock(path: str, break_lock: bool = False):
     """One writer per run: `seed<k>.lock` (pid, host, start time) created exclusively. A lock held by a
-    live process raises RunLocked (one line); a stale one (dead pid on this host) is taken over."""
+    live process raises RunLocked (one line); a stale one (dead pid on this host) is taken over. A lock of
+    another host cannot be checked from here: RunLocked, unless `break_lock` (the user says it is dead)."""
     lock = path[: -len(".json")] + ".lock"
     os.makedirs(os.path.dirname(os.path.abspath(lock)), exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -237,9 +278,15 @@ def run_lock(path: str):
             except (OSError, json.JSONDecodeError):
                 held = {}
             same_host = held.get("host") == me["host"]
-            if held and (not same_host or _alive(int(held.get("pid", -1)))):
+            if held and same_host and _alive(int(held.get("pid", -1))):
                 raise RunLocked(f"{path} is being run by pid {held.get('pid')} on {held.get('host')} since "
-                                f"{held.get('started')} (lock {lock}); skipped") from None
+                                f"{held.get('started')} (lock {lock})") from None
+            if held and not same_host and not break_lock:
+                raise RunLocked(f"{path} is locked by pid {held.get('pid')} on host {held.get('host')} since "
+                                f"{held.get('started')} (lock {lock}), which cannot be checked from "
+                                f"{me['host']}; if that run is gone, relaunch with break_lock=true") from None
+            if held and not same_host:
+                log.warning("break_lock=true: taking over %s of pid %s on %s", lock, held.get("pid"), held.get("host"))
             with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
                 os.remove(lock)
             continue
@@ -256,10 +303,14 @@ def run_lock(path: str):
 
 
 def atomic_write_text(path: str, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see a partial file."""
+    """Write via a temp file in the same folder + os.replace, so readers never see a partial file; a file
+    system that refuses (permissions, not a folder, disk full) raises WriteError naming `path`."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise write_error(e, path) from None
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for the group to read
     try:
         with os.fdopen(fd, "w") as f:
@@ -267,9 +318,11 @@ def atomic_write_text(path: str, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_error(e, path) from None
         raise
 
 

@@ -200,6 +200,35 @@ def score_file(overrides: list[str], predictions: str) -> dict:
     return metrics
 
 
+def example_scores(record: dict, metric: str = "acc") -> dict[str, float] | None:
+    """{example id: `metric` of that test example alone} (accuracy: 100 or 0) from the predictions file beside
+    a run record (`record["_path"]`, as runners/aggregate.py `scan` gives it), scored by the record's task
+    with its recorded task config; None without the file, or when the task gives no `metric` per example."""
+    from omegaconf import OmegaConf
+
+    from tasks.base import Example
+    from tasks.registry import TASKS
+
+    path = record.get("_path", "")
+    path = path[: -len(".json")] + PREDICTIONS_SUFFIX if path.endswith(".json") else ""
+    if not os.path.isfile(path):
+        return None
+    entry = TASKS.get(record["task"])
+    fields = set(OmegaConf.structured(entry.schema))
+    task = entry.obj(OmegaConf.merge(OmegaConf.structured(entry.schema),
+                                     {k: v for k, v in (record.get("config") or {}).get("task", {}).items() if k in fields}))
+    out = {}
+    for n, r in enumerate(read_predictions(path), 1):
+        refs = references_of(r, path, n)
+        example = Example(id=str(r["id"]), query="", response=refs[0] if refs else "", references=refs,
+                          label=r.get("label"))
+        metrics = task.score([str(r["prediction"] or "")], [example])
+        if metric not in metrics:
+            return None
+        out[str(r["id"])] = float(metrics[metric])
+    return out
+
+
 def main(argv: list[str]) -> None:
     predictions = None
     overrides = []

@@ -30,27 +30,29 @@ from runners.data import ClassCollator, TrainCollator, encode_classification, en
 SCORINGS = ("generate", "likelihood", "head")  # head: encoders' classification head (their only one)
 
 
-def check_labels(task, examples, task_name: str) -> list[str]:
-    """The task's label words, refused in one line for tasks without a fixed label set."""
-    labels = list(getattr(task, "labels", None) or [])
-    if not labels:
+def check_labels(task, examples, task_name: str) -> list[list[str]]:
+    """Each example's answer choices (`task.labels_for`), refused in one line for tasks without a label set."""
+    if not task.labels:
         raise UserError(f"runner.scoring=likelihood needs a classification task with a label set; task "
                         f"'{task_name}' has none (use runner.scoring=generate)")
-    off = sorted({ex.response for ex in examples if ex.response not in labels})
+    choices = [list(task.labels_for(ex)) for ex in examples]
+    off = sorted({ex.response for ex, c in zip(examples, choices) if ex.response not in c})
     if off:
         raise UserError(f"runner.scoring=likelihood: task '{task_name}' has responses outside its labels "
-                        f"{labels}: {off[:3]}")
-    return labels
+                        f"{list(task.labels)}: {off[:3]}")
+    return choices
 
 
 @torch.no_grad()
-def predict_likelihood(model, tok, examples, labels: list[str], template: str, max_seq_len: int, batch_size: int,
-                       device: str, progress: bool = False, what: str = "") -> list[str]:
+def predict_likelihood(model, tok, examples, labels: list[str] | list[list[str]], template: str, max_seq_len: int,
+                       batch_size: int, device: str, progress: bool = False, what: str = "") -> list[str]:
+    """The most likely answer of every example among `labels` (one list for all, or one per example)."""
     model.eval()
-    owner = [(i, j) for i in range(len(examples)) for j in range(len(labels))]
-    rows = encode_train([replace(examples[i], response=labels[j]) for i, j in owner], tok, template, max_seq_len,
+    choices = labels if labels and isinstance(labels[0], list) else [list(labels)] * len(examples)
+    owner = [(i, j) for i in range(len(examples)) for j in range(len(choices[i]))]
+    rows = encode_train([replace(examples[i], response=choices[i][j]) for i, j in owner], tok, template, max_seq_len,
                         what=what)
-    scores = torch.full((len(examples), len(labels)), float("-inf"))
+    scores = [[float("-inf")] * len(c) for c in choices]
     collate = TrainCollator(tok.pad_token_id)
     order = sorted(range(len(rows)), key=lambda k: -len(rows[k]["input_ids"]))  # little padding per batch
     for start in tqdm(range(0, len(order), batch_size), desc="likelihood", unit="batch", disable=not progress,
@@ -64,8 +66,8 @@ def predict_likelihood(model, tok, examples, labels: list[str], template: str, m
         token_lp = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep
         for k, total in zip(idx, token_lp.sum(-1).cpu()):
             i, j = owner[k]
-            scores[i, j] = total
-    return [labels[j] for j in scores.argmax(-1).tolist()]
+            scores[i][j] = float(total)
+    return [c[max(range(len(c)), key=s.__getitem__)] for c, s in zip(choices, scores)]
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,11 +63,13 @@ class TableSpec:
 
 
 # -- statistics --------------------------------------------------------------------------------------------
-def paired(ours: dict[int, float], ref: dict[int, float], n_boot: int = 10_000, seed: int = 0) -> dict:
-    """Paired comparison of two cells on their common seeds: the mean difference (ours - ref), a paired
-    bootstrap 95% interval of it, and the two-sided Wilcoxon signed-rank p-value (scipy; exact for small n).
-    With 3 seeds the smallest possible Wilcoxon p is 0.25: 3 seeds can show a direction, not significance."""
-    from scipy.stats import wilcoxon
+def paired(ours: dict[int, float], ref: dict[int, float]) -> dict:
+    """Seed-level paired comparison of two cells on their common seeds: the mean difference (ours - ref), its
+    Student-t 95% interval (mean +- t(n-1) sd / sqrt n: a real interval only as far as the seed differences
+    are roughly normal; with 3 seeds it is wide, t = 4.30), and the two-sided Wilcoxon signed-rank p-value
+    (scipy; exact for small n). The smallest possible Wilcoxon p is 0.25 with 3 seeds and 0.0625 with 5:
+    seeds alone cannot reach p < 0.05 below 6 (`paired_examples` pools test examples for power)."""
+    from scipy.stats import t, wilcoxon
 
     seeds = sorted(set(ours) & set(ref))
     d = np.array([ours[s] - ref[s] for s in seeds], dtype=float)
@@ -74,11 +77,80 @@ def paired(ours: dict[int, float], ref: dict[int, float], n_boot: int = 10_000, 
            "ci_low": math.nan, "ci_high": math.nan, "p_wilcoxon": math.nan}
     if len(d) < 2:
         return out
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    out["ci_low"], out["ci_high"] = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
+    half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    out["ci_low"], out["ci_high"] = out["mean_diff"] - half, out["mean_diff"] + half
     out["p_wilcoxon"] = 1.0 if not d.any() else float(wilcoxon(d, zero_method="wilcox").pvalue)
     return out
+
+
+def paired_examples(ours: dict[int, dict[str, float]], ref: dict[int, dict[str, float]], n_resamples: int = 10_000,
+                    seed: int = 0) -> dict:
+    """Example-level paired comparison pooled over seeds. `ours`/`ref`: {seed: {example id: score}} (100 for a
+    right answer, 0 for a wrong one). On the common seeds and the ids both have on all of them, each example's
+    difference is averaged over the seeds; returned: the mean of those (accuracy points), a paired bootstrap
+    95% interval over examples (percentile), a two-sided sign-flip permutation p over examples (the share of
+    random sign flips whose |mean| reaches the observed one, +1 smoothed), and the counts. The unit is the
+    test example: it asks whether the difference would hold on other examples drawn alike, for these
+    training seeds; the seed-level Wilcoxon (`paired`) asks whether it holds over training seeds."""
+    seeds = sorted(set(ours) & set(ref))
+    ids = sorted(set.intersection(*(set(ours[s]) & set(ref[s]) for s in seeds))) if seeds else []
+    out = {"n_seeds": len(seeds), "n_examples": len(ids), "mean_diff": math.nan, "ci_low": math.nan,
+           "ci_high": math.nan, "p_perm": math.nan}
+    if not ids:
+        return out
+    d = np.array([[ours[s][i] - ref[s][i] for s in seeds] for i in ids], dtype=float).mean(1)
+    out["mean_diff"] = float(d.mean())
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_resamples, len(d)))].mean(1)
+    out["ci_low"], out["ci_high"] = (float(x) for x in np.percentile(boots, [2.5, 97.5]))
+    flips = rng.choice(np.array([-1.0, 1.0]), size=(n_resamples, len(d)))
+    reach = np.abs((flips * d).mean(1)) >= abs(out["mean_diff"]) - 1e-12
+    out["p_perm"] = float((reach.sum() + 1) / (n_resamples + 1))
+    return out
+
+
+def example_notes(spec: TableSpec, records: list[dict], against: list[str], metric: str = "acc") -> list[str]:
+    """The table's example-level paired tests (`paired_examples`) of every cell against each cell of `against`
+    (the proposed method and LoRA), per column, on `metric` per test example (runners/score.py
+    `example_scores`); columns or runs without per-example scores are left out and said so."""
+    from runners.score import example_scores
+
+    per: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
+    lacking = set()
+    for r in records:
+        if r["backbone"] != spec.backbone or r["cell"] not in spec.cells or r["cell"] == ZERO_SHOT:
+            continue
+        column = next((c for c in spec.tasks if column_task(c) == r["task"]), None)
+        if column is None:
+            continue
+        scores = example_scores(r, metric)
+        if scores is None:
+            lacking.add(column)
+            continue
+        per.setdefault((column, r["cell"]), {})[int(r["seed"])] = scores
+    lines = []
+    for column in spec.tasks:
+        for ref in [c for c in against if (column, c) in per]:
+            parts = []
+            for cell in spec.cells:
+                if cell == ref or (column, cell) not in per:
+                    continue
+                x = paired_examples(per[(column, cell)], per[(column, ref)])
+                if x["n_examples"]:
+                    parts.append(f"{cell} {x['mean_diff']:+.1f} [{x['ci_low']:+.1f}, {x['ci_high']:+.1f}] "
+                                 f"p={x['p_perm']:.3f}")
+            if parts:
+                n = paired_examples(*(per[(column, c)] for c in (ref, ref)))
+                lines.append(f"{column} vs {ref} ({n['n_examples']} test examples x {n['n_seeds']} seeds): "
+                             + "; ".join(parts) + ".")
+    if lines:
+        lines.insert(0, f"Example-level paired tests ({metric} per test example, averaged over the seeds both cells "
+                        "have; mean difference in points [paired bootstrap 95% interval over examples], two-sided "
+                        "sign-flip permutation p over examples, 10,000 resamples):")
+    if lacking:
+        lines.append(f"No example-level test for {', '.join(sorted(lacking))}: runs without a predictions file or "
+                     f"a per-example '{metric}'.")
+    return lines
 
 
 # -- paper numbers -----------------------------------------------------------------------------------------
@@ -336,8 +408,9 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
                            + _beside(spec, r))
         lines.append(f"| {cell} | " + " | ".join(out) + " |")
     lines += ["", f"Cells: median over seeds (min–max, n). Paired against {spec.proposed} on common seeds: "
-              "mean difference [paired bootstrap 95% interval], two-sided Wilcoxon signed-rank p "
-              "(3 seeds cannot reach p < 0.25)."]
+              "mean difference [Student-t 95% interval over the seed differences], two-sided Wilcoxon "
+              "signed-rank p (3 seeds cannot reach p < 0.25, 5 seeds not p < 0.0625: see the example-level tests "
+              "for power)."]
     if mean:
         lines += [f"{MEAN}: the mean of the cell's task medians (the papers average their per-task numbers), "
                   "only where every task has a result; paired on the per-seed means over the tasks (the "
@@ -385,8 +458,6 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
     """Notes on runs that collapsed to one answer (a degenerate model, e.g. a label prior learned instead of
     the task): the answer given to >= ONE_ANSWER of the test rows while the gold labels are more balanced,
     read from each record's predictions file. Open-ended tasks (answers mostly distinct) are never flagged."""
-    from collections import Counter
-
     out = []
     for r in sorted(records, key=lambda r: (r["task"], r["cell"], int(r["seed"]))):
         path = r.get("_path", "").replace(".json", ".predictions.jsonl")
@@ -405,7 +476,48 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
     return out
 
 
-def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None) -> str:
+def code_version(record: dict) -> str:
+    """The code a record was computed with: its commit (short), '+changes' when the tree was dirty."""
+    prov = record.get("provenance") or {}
+    commit = (prov.get("git_commit") or "unknown")[:7]
+    return commit + ("+changes" if prov.get("git_dirty") else "")
+
+
+def commit_notes(records: list[dict], backbones: list[str], tasks: list[str], cells: list[str],
+                 allow_mixed: bool) -> list[str]:
+    """One code version per table: the runs it shows must share one commit (and tree state); otherwise
+    UserError naming the versions and their runs, unless `allow_mixed` (allow_mixed_commits=true), which
+    lists them under the table instead."""
+    shown = [r for r in records if r["backbone"] in backbones and r["task"] in tasks and r["cell"] in cells]
+    versions = Counter(code_version(r) for r in shown)
+    if len(versions) <= 1:
+        return [f"Code version: {next(iter(versions))} (every run; +changes: uncommitted changes to tracked "
+                "files)."] if versions else []
+    listed = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in versions.most_common())
+    if not allow_mixed:
+        raise UserError(f"the table's {len(shown)} runs come from {len(versions)} code version(s): {listed}; rerun "
+                        "them from one clean commit (a git worktree; force=true reruns a done run), or render "
+                        "anyway with allow_mixed_commits=true")
+    return [f"MIXED CODE VERSIONS (allow_mixed_commits=true): {listed}."]
+
+
+def dependence_notes(records: list[dict], backbone: str, tasks: list[str], cells: list[str]) -> list[str]:
+    """The input-aware cells' input dependence (runners/input_dependence.py) per task: the median over seeds of
+    the layer-mean pairwise cosine and relative spread of the generated prompts or vectors."""
+    per: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["backbone"] == backbone and r["task"] in tasks and r["cell"] in cells and r.get("input_dependence"):
+            per.setdefault((r["cell"], r["task"]), []).append(r["input_dependence"])
+    if not per:
+        return []
+    parts = [f"{cell} {task} cosine {statistics.median(x['cosine'] for x in xs):.4f} spread "
+             f"{statistics.median(x['spread'] for x in xs):.3f} (n={len(xs)})" for (cell, task), xs in sorted(per.items())]
+    return ["Input dependence of the generated prompts/vectors across the first test inputs (mean over layers, median "
+            "over seeds; cosine 1 and spread 0 = the same output for every input): " + "; ".join(parts) + "."]
+
+
+def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None,
+                 allow_mixed_commits: bool = False) -> str:
     """A table experiment's table from its plan (runners/table_plan.py `plan`), a block per backbone beside
     the paper's numbers, written to <out_dir>/<experiment>.{md,csv} and logged to W&B when the logger is on.
     `plot(records, tasks, cells, out, title=, backbone=)` draws each block's seeds beside it (scripts.table
@@ -416,6 +528,8 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     paper, number, cpu = table_of(experiment)
     records, problems = scan(cfg.results_dir)
     cells = p["cells"] + ([ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
+    notes = commit_notes(records, p.get("backbones") or [cfg.backbone.name], p["tasks"], cells,
+                         allow_mixed_commits) + list(notes)
     dfs, mds = [], []
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (
@@ -425,6 +539,8 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
                          unavailable=not_public(paper, number),
                          notes=([budget_note(cfg)] if cpu else []) + list(notes)
                          + one_answer_notes(records, backbone, p["tasks"], cells))
+        spec.notes += example_notes(spec, records, [spec.proposed, *(["lora"] if "lora" in cells else [])])
+        spec.notes += dependence_notes(records, backbone, p["tasks"], cells)
         df, md = render(spec, records, problems, paper_numbers(spec))
         dfs.append(df.assign(backbone=backbone))
         mds.append(md)

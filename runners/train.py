@@ -25,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -42,12 +43,15 @@ from runners import results as R
 from runners.backbones import load_backbone
 from runners.bilevel import training_setup
 from runners.data import prompt_batches
+from runners.input_dependence import of_run
 from runners.kind import Kind
 from runners.scoring import SCORINGS, check_labels, predict_head, predict_likelihood
 from runners.trainer import (
     LOSS_POSITIONS,
     BestStateAndEarlyStop,
     HarnessTrainer,
+    Preempted,
+    StopOnSignal,
     gathered,
     trainable_parameters,
 )
@@ -73,15 +77,21 @@ def run(cfg) -> dict:
         return done
     validate_settings(cfg)
     R.check_cell(path, config)
-    with run_lock(path):
+    R.ensure_writable(path)
+    with run_lock(path, cfg.break_lock):
         done = R.load_finished(path, config, force=cfg.force)  # finished by another process meanwhile?
         if done:
             done["skipped"] = True
             return done
         try:
             record = _run(cfg, config, path, kind)
+        except (Preempted, R.WriteError):  # nothing to record: a checkpoint to resume from / a file system to fix
+            raise
         except Exception as e:
-            where = R.write_failed(path, R.new_record(cfg, config), e, stage="run")
+            try:
+                where = R.write_failed(path, R.new_record(cfg, config), e, stage="run")
+            except R.WriteError:
+                where = "no failed record: the results folder refused it"
             if isinstance(e, UserError):  # run.py prints its one line
                 raise
             if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
@@ -107,12 +117,14 @@ def _run(cfg, config: dict, path: str, kind: Kind) -> dict:
     method = build_method(cfg.method, cfg.runner.init_peft, kind, model, device)
     fit = train(cfg, config, path, kind, data, method, tok, device, watch)
     dev, test_preds, metrics = evaluate(cfg.runner, cfg.task, data, method.model, tok, device)
+    dependence = input_dependence(cfg, data, method.model, tok, device)  # input-aware methods only, else None
     watch.lap("answers")
     record = R.new_record(cfg, config, status="ok", metrics=metrics, dev={**fit.dev, **dev}, params=method.params,
                           provenance=R.provenance(device), wall_time_s=time.time() - t0,
                           timing_s=watch.seconds(), curve=fit.curve,
                           split_sizes=data.sizes, protocol=data.task.protocol, chance=data.task.chance,
-                          steps=fit.steps, effective_batch_size=fit.batch)
+                          steps=fit.steps, effective_batch_size=fit.batch,
+                          **({"input_dependence": dependence} if dependence else {}))
     return write_run(cfg.runner, path, record, method.model, data.splits["test"], test_preds, fit)
 
 
@@ -274,19 +286,27 @@ def train(cfg, config: dict, path: str, kind: Kind, data: Data, method: Method, 
     best = BestStateAndEarlyStop(method.model, runner.patience)
     # checkpoints beside the record when resuming is on (runners/checkpoint.py), else a scratch folder
     out = contextlib.nullcontext(C.ckpt_root(path)) if runner.resume else tempfile.TemporaryDirectory(prefix="trainer-")
-    with out as out_dir:
-        resume_from = C.prepare(out_dir, config, force=cfg.force) if runner.resume else None
-        trainer, batch = make_trainer(cfg, kind, data, method, tok, device, out_dir, callbacks=[best],
+    stop = StopOnSignal()  # SIGTERM/SIGINT from here to the end of training: a checkpoint, then Preempted
+    with out as out_dir, stop.installed():
+        trainer, batch = make_trainer(cfg, kind, data, method, tok, device, out_dir, callbacks=[best, stop],
                                       report_to=report_to, save_strategy="steps" if runner.resume else "no",
                                       # step-0 dev loss (the start of the curve) inside train(), after the model
                                       # is wrapped: a trainer.evaluate() before train() marks it prepared, so
                                       # Accelerate would skip DDP (no gradient sync)
-                                      eval_on_start=not resume_from)
+                                      eval_on_start=True)
+        resume_from = None
+        if runner.resume:  # after make_trainer (which starts the process group): rank 0 first, so that force=true
+            # clears the checkpoints once, before another rank of a torchrun launch looks at them
+            with trainer.args.main_process_first(local=False, desc="checkpoints"):
+                resume_from = C.prepare(out_dir, config, force=cfg.force and trainer.is_world_process_zero())
+            trainer.args.eval_on_start = not resume_from
         if resume_from:  # Trainer restores weights, optimizer, scheduler, RNG and data order; we the callbacks
             C.load_callbacks(resume_from, trainer.callback_handler.callbacks)
             log.info("resuming from %s", resume_from)
         watch.lap("startup")
         trainer.train(resume_from_checkpoint=resume_from)
+        if stop.signum is not None:
+            raise Preempted(_stopped(stop.signum, trainer.state.global_step, out_dir if runner.resume else None))
         if not best.dev_curve or best.dev_curve[-1]["step"] != trainer.state.global_step:
             trainer.evaluate()
         watch.lap("train", minus=trainer.eval_seconds)
@@ -298,6 +318,13 @@ def train(cfg, config: dict, path: str, kind: Kind, data: Data, method: Method, 
                curve={"train": _log_curve(trainer.state.log_history), "dev": best.dev_curve},
                steps=trainer.state.global_step, batch=batch, is_main=trainer.is_world_process_zero(),
                report_to=report_to)
+
+
+def _stopped(signum: int, step: int, ckpt_root: str | None) -> str:
+    name = signal.Signals(signum).name
+    if ckpt_root is None:
+        return f"{name} after step {step}; runner.resume=false kept no checkpoint: a relaunch starts over"
+    return f"{name} after step {step}, checkpoint {C.last_complete(ckpt_root)}; relaunch the same command to resume"
 
 
 def make_trainer(cfg, kind: Kind, data: Data, method: Method, tok, device: str, out_dir: str, callbacks=(),
@@ -352,6 +379,15 @@ def evaluate(runner, task_cfg, data: Data, model, tok, device: str) -> tuple[dic
     return dev, test_preds, data.task.score(test_preds, data.splits["test"])
 
 
+def input_dependence(cfg, data: Data, model, tok, device: str) -> dict | None:
+    """How much an input-aware method's generated prompts or vectors vary across the first test inputs
+    (runners/input_dependence.py); None for other methods, encoders and selection runs."""
+    if not cfg.runner.eval_test:
+        return None
+    max_prompt = max(8, cfg.runner.max_seq_len - cfg.task.max_new_tokens)  # as `predict` cuts the prompts
+    return of_run(model, tok, data.splits["test"], cfg.task.template, max_prompt, cfg.runner.eval_batch_size, device)
+
+
 def write_run(runner, path: str, record: dict, model, test_rows, test_preds, fit: Fit) -> dict:
     """The record, the test predictions and the best PEFT weights, atomically, by rank 0; W&B closed; the
     run's checkpoints removed."""
@@ -359,14 +395,24 @@ def write_run(runner, path: str, record: dict, model, test_rows, test_preds, fit
     wandb_dir = _wandb_finish(record) if fit.report_to == "wandb" else None
     if wandb_dir:
         record["wandb_dir"] = wandb_dir
-    with gathered(trainable_parameters(model)):  # every rank enters it; rank 0 writes
-        if fit.is_main and runner.save_peft:  # the best dev state, loadable onto a fresh backbone with pefts.io.load_peft
-            save_peft(model, path.replace(".json", ".peft.safetensors"))
-            record["peft_weights"] = os.path.basename(path.replace(".json", ".peft.safetensors"))
-    if fit.is_main:
-        if test_preds is not None:
-            R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(test_rows, test_preds))
-        R.write_json(path, record)
+    files = [path.replace(".json", ".peft.safetensors"), path.replace(".json", ".predictions.jsonl")]
+    try:
+        with gathered(trainable_parameters(model)):  # every rank enters it; rank 0 writes
+            if fit.is_main and runner.save_peft:  # the best dev state, loadable with pefts.io.load_peft
+                try:
+                    save_peft(model, files[0])
+                except OSError as e:
+                    raise R.write_error(e, files[0]) from None
+                record["peft_weights"] = os.path.basename(files[0])
+        if fit.is_main:
+            if test_preds is not None:
+                R.write_jsonl(files[1], prediction_rows(test_rows, test_preds))
+            R.write_json(path, record)  # last: a record marks the run finished
+    except R.WriteError:
+        for f in files:  # no half-written run: the weights and answers go with the record they belong to
+            with contextlib.suppress(OSError):
+                os.remove(f)
+        raise
     if runner.resume and fit.is_main:
         C.remove(C.ckpt_root(path))  # the record is written: its checkpoints are no longer needed
     log.info("wrote %s (%s, %.0f s)", path, record["metrics"], record["wall_time_s"])
@@ -386,6 +432,19 @@ def validate_settings(cfg) -> None:
     for key, value in positive.items():
         if value is None or value < 1:
             raise UserError(f"{key}={value} must be an integer >= 1")
+    if not 0 <= cfg.seed < 2**32:
+        raise UserError(f"seed={cfg.seed} must be an integer in [0, 2^32) (the seeds numpy and torch accept)")
+    if r.max_steps == 0 or r.max_steps < -1:
+        raise UserError(f"runner.max_steps={r.max_steps} must be >= 1, or -1 (no step cap: runner.max_epochs decides)")
+    if not r.max_epochs > 0:
+        raise UserError(f"runner.max_epochs={r.max_epochs} must be > 0")
+    if not 0 <= r.warmup_ratio <= 1:
+        raise UserError(f"runner.warmup_ratio={r.warmup_ratio} must lie in [0, 1] (the share of steps that warm up)")
+    if r.weight_decay < 0:
+        raise UserError(f"runner.weight_decay={r.weight_decay} must be >= 0")
+    for key, value in (("small_batch_size", r.small_batch_size), ("large_batch_size", r.large_batch_size)):
+        if value < 1:
+            raise UserError(f"runner.{key}={value} must be an integer >= 1")
     if r.eval_steps is not None and r.eval_steps < 1:
         raise UserError(f"runner.eval_steps={r.eval_steps} must be an integer >= 1, or null (once per epoch)")
     if not r.lr > 0:
@@ -407,7 +466,11 @@ def validate_settings(cfg) -> None:
         raise UserError(f"runner.scoring='{r.scoring}' is not one of {', '.join(SCORINGS)}")
     if r.progress not in ("auto", "on", "off"):
         raise UserError(f"runner.progress='{r.progress}' is not one of auto, on, off")
-    resolve_device(r.device)
+    n_gpus = torch.cuda.device_count() if resolve_device(r.device) == "cuda" else 0
+    if n_gpus > 1 and world()[1] == 1:
+        raise UserError(f"{n_gpus} GPUs are visible to one process: HF Trainer would wrap the model in DataParallel "
+                        f"and run {n_gpus}x the batch; launch `torchrun --nproc_per_node={n_gpus} run.py ...` "
+                        "(docs/cluster.md), or set CUDA_VISIBLE_DEVICES=0 for one GPU")
 
 
 def resolve_device(name: str) -> str:
@@ -466,7 +529,7 @@ def split_batch(batch: int, micro_batch_size: int, world_size: int = 1) -> tuple
 
 
 @contextlib.contextmanager
-def run_lock(path: str):
+def run_lock(path: str, break_lock: bool = False):
     """R.run_lock, taken by rank 0 alone for all the processes of a torchrun/deepspeed launch. There a lock
     held by another launch is an error (exit 2), not a skip: the launcher then stops the other ranks, which
     would otherwise wait for rank 0 forever."""
@@ -474,7 +537,7 @@ def run_lock(path: str):
     with contextlib.ExitStack() as stack:
         if rank == 0:
             try:
-                stack.enter_context(R.run_lock(path))
+                stack.enter_context(R.run_lock(path, break_lock))
             except R.RunLocked as e:
                 if world_size == 1:
                     raise

@@ -10,6 +10,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 import time
 
 import torch
@@ -17,6 +19,7 @@ from transformers import Trainer, TrainerCallback
 
 from pefts.io import load_peft, save_peft
 from runners import checkpoint as C
+from runners import results as R
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,53 @@ class BestStateAndEarlyStop(TrainerCallback):
                 params[n].copy_(v)
 
 
+class Preempted(Exception):
+    """SIGTERM or SIGINT stopped training after a finished optimizer step (`StopOnSignal`); the message says
+    where the checkpoint is. Not a failure: no record and no failed record are written."""
+
+
+class StopOnSignal(TrainerCallback):
+    """Preemption: inside `installed()`, SIGTERM (Slurm's warning before the kill, a requeue) or SIGINT sets a
+    flag; at the end of the optimizer step under way the callback asks Trainer for a checkpoint and a stop,
+    and the `train` stage raises Preempted (run.py: exit code 75). A second signal aborts at once. In a
+    multi-process launch the flag is reduced over the ranks at every step end, so all stop at the same step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def _handler(self, signum, frame):
+        if self.signum is not None:  # the second signal: do not wait for the step
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+        self.signum = signum
+        log.warning("%s: stopping after this optimizer step, with a checkpoint", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            yield self
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in old:
+            signal.signal(s, self._handler)
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def on_step_end(self, args, state, control, **kw):
+        stop = self.signum is not None
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and args.world_size > 1:
+            flag = torch.tensor([float(stop)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+            if stop and self.signum is None:
+                self.signum = int(signal.SIGTERM)  # another rank was signalled
+        if stop:
+            control.should_save = True
+            control.should_training_stop = True
+
+
 LOSS_POSITIONS = ("labelled", "all")  # runner.loss_positions
 
 
@@ -131,7 +181,16 @@ class HarnessTrainer(Trainer):
         load_peft(model if model is not None else self.model, os.path.join(resume_from_checkpoint, "peft.safetensors"))
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as e:
+            raise R.write_error(e, "a checkpoint") from None
+        except RuntimeError as e:  # torch.save reports a failed write (disk full) as a RuntimeError
+            if "write" not in str(e).lower():
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise R.WriteError(f"cannot write a checkpoint in {self.args.output_dir} ({reason}); free space or "
+                               "choose a writable results_dir= (or $HARNESS_RESULTS)") from None
         folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
         if self.args.should_save and os.path.isdir(folder):
             C.save_callbacks(folder, self.callback_handler.callbacks)

@@ -4,6 +4,7 @@
     python -m scripts.table experiment=iapt_table1 run=false        # plan and render only
     python -m scripts.table experiment=iapt_table1_cpu results_dir=/tmp/runs out=/tmp/tables
     python -m scripts.table experiment=iapt_table1 launcher=slurm   # the missing cells as a Slurm job array
+    python -m scripts.table experiment=iapt_table1_cpu run=false allow_mixed_commits=true   # runs of several commits
     make table1 [SCALE=cpu]   |   make table PAPER=iapt N=1   |   make tables [SCALE=cpu]
 
 The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
@@ -45,6 +46,8 @@ OPTIONS = {  # argument: (default, its values: a tuple of the valid ones, or how
     "out": (os.path.join(ROOT, "results", "tables"), "<folder>"),
     "results_dir": (None, "<folder>"),
     "launcher": (None, "<conf/hydra/launcher name, e.g. slurm>"),
+    # render runs of several commits (or a dirty tree) into one table, listing the versions under it
+    "allow_mixed_commits": ("false", ("true", "false")),
 }
 
 
@@ -112,7 +115,8 @@ def main(argv: list[str]) -> None:
         print(describe(experiment, p))
     from scripts.figures import plot_seeds
 
-    print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds))
+    print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
+                       allow_mixed_commits=opts["allow_mixed_commits"] == "true"))
     if any(r["state"] != "done" for r in p["runs"]) and opts["run"] == "true":
         raise SystemExit(1)
 

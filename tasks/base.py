@@ -79,6 +79,11 @@ class Task:
         """The main metric of a uniform guess among the answer choices (percent), None when there are none."""
         return 100.0 / len(self.labels) if self.labels else None
 
+    def labels_for(self, example: Example) -> list[str] | None:
+        """The answers an example chooses among (likelihood scoring): the task's labels; a mixture's rows
+        each have their own task's (tasks/mixture.py)."""
+        return self.labels
+
     def __init__(self, cfg):
         self.cfg = cfg
         if cfg.template not in TEMPLATES:

@@ -88,6 +88,19 @@ def _blank(path: str) -> bool:
         return not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
+def not_utf8(path: str, split: str) -> UserError | None:
+    """The first line of `path` that is not UTF-8, as one line naming the file, line, column and byte;
+    None if the file decodes."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return UserError(f"data file '{path}' ({split}) line {n} is not UTF-8 (byte 0x{line[e.start]:02x} "
+                                 f"at column {e.start + 1}); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8")
+    return None
+
+
 def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[dict]]:
     """Rows of local files through a packaged `datasets` builder (csv, json, text), one split at a time
     (so splits whose files have different columns, like MNLI's train/dev TSVs, load cleanly)."""
@@ -102,6 +115,8 @@ def load_local(builder: str, files: dict[str, str], **kwargs) -> dict[str, list[
             while cause.__cause__ is not None or cause.__context__ is not None:
                 cause = cause.__cause__ or cause.__context__
             msg = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+            if isinstance(cause, UnicodeDecodeError) and (bad := not_utf8(path, split)):
+                raise bad from None
             if "corresponds to no data" in msg or _blank(path):
                 raise UserError(f"data file '{path}' ({split}) has no data rows") from None
             how = f" with delimiter {kwargs['delimiter']!r}" if kwargs.get("delimiter") else ""
@@ -156,6 +171,8 @@ def tsv_problem(path: str, split: str, label_column: str | None = None,
                 names: list[str] | None = None) -> UserError | None:
     """The first short row (fewer tab-separated fields than the header) or bad label of a TSV read
     without quoting (one row per line), as a one-line error naming the file and line; None if clean."""
+    if bad := not_utf8(path, split):
+        return bad
     with open(path, encoding="utf-8-sig") as f:
         header = f.readline().rstrip("\r\n").split("\t")
         col = header.index(label_column) if label_column in header and names else None

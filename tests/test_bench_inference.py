@@ -97,6 +97,36 @@ def test_mixed_tenant_rows_equal_each_tenant_alone(tiny, method, beams):
         assert not torch.allclose(logits[0], logits[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_bgmv_lora_rows_equal_each_adapter_alone(tiny, beams):
+    """lora_bgmv (scripts/bench/bgmv.py): the lora row's own tenant adapters by gather + batched matmuls; every
+    row of a mixed batch gets what its adapter gives alone through peft, and the shared backbone is untouched."""
+    o, backbone, tok = tiny
+    models, names = C.tenant_models(["bare", "lora", C.BGMV], backbone, 4, o)
+    bgmv, lora = models[C.BGMV], models["lora"]
+    assert names[C.BGMV] == names["lora"] and len(set(names["lora"])) == 4
+    assert C.tenant_bytes(bgmv) == C.tenant_bytes(lora) > 0 and C.routing(bgmv, names[C.BGMV]) == {"tenant_ids": names["lora"]}
+    kw = C.gen_kwargs(tok, o.new_tokens, beams)
+    lengths = [PROMPT, 40, PROMPT - 8, 48]  # left-padded rows of different lengths
+    ids, mask = _rows(tok, o, lengths)
+    same, same_mask = _rows(tok, o, [PROMPT] * 4)  # no padding: plain forward logits compare row by row
+    with torch.no_grad():
+        bare_before = backbone(input_ids=same, attention_mask=same_mask).logits
+        mixed = bgmv.generate(input_ids=ids, attention_mask=mask, tenant_ids=names[C.BGMV], **kw)[:, ids.shape[1]:]
+        logits = bgmv(input_ids=same, attention_mask=same_mask, tenant_ids=names[C.BGMV]).logits
+        for k, name in enumerate(names["lora"]):
+            one_ids, one_mask = _rows(tok, o, [lengths[k]])
+            lora.set_adapter(name)
+            alone = lora.generate(input_ids=one_ids, attention_mask=one_mask, **kw)[0, one_ids.shape[1]:]
+            alone_logits = lora(input_ids=same[k:k + 1], attention_mask=same_mask[k:k + 1]).logits[0]
+            lora.set_adapter("default")
+            assert torch.equal(mixed[k], alone), name
+            torch.testing.assert_close(logits[k], alone_logits, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(logits[0], logits[1], atol=1e-5), "the tenants differ"
+        assert torch.equal(backbone(input_ids=same, attention_mask=same_mask).logits, bare_before), \
+            "BGMV's hooks live on its own copy"
+
+
 def test_family_plain_path_equals_default_tenant(tiny):
     o, backbone, tok = tiny
     model = C.build_method("iapt", backbone, o)

@@ -46,7 +46,7 @@ def test_mean_of_task_medians_with_paper_mean_marks_and_missing():
     head = next(line for line in md.splitlines() if line.startswith("| method"))
     assert head == "| method | sst2 | rte | mean |"
     lines = _lines(md)
-    assert lines["lora"].endswith("| **73.5** (of 2 task medians); paper 72.0 (+1.5); vs iapt +2.2 [0.0, 4.5] p=1.00 |")
+    assert lines["lora"].endswith("| **73.5** (of 2 task medians); paper 72.0 (+1.5); vs iapt +2.2 [-26.3, 30.8] p=1.00 |")
     assert lines["iapt"].endswith("| <u>71.5</u> (of 2 task medians) |"), "second best underlined, no paper Mean"
     assert lines["parade"].endswith("| missing (no result for rte); paper 70.0 |")
     assert "mean: the mean of the cell's task medians" in md

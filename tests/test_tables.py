@@ -7,6 +7,7 @@ import glob
 import math
 import os
 import re
+import statistics
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_medians_spread_marks_paper_numbers_and_problems():
     lines = {line.split(" | ")[0].strip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert "**87.0** (85.0–88.0, n=3); paper 86.0 (+1.0)" in lines["lora"]
     assert "<u>82.0</u> (80.0–90.0, n=3)" in lines["iapt"], "second best underlined"
-    assert "| parade | 71.0 (70.0–72.0, n=3); vs iapt -13.0 [-18.0, -10.0] p=0.25 |" in lines["parade"]
+    assert "| parade | 71.0 (70.0–72.0, n=3); vs iapt -13.0 [-23.8, -2.2] p=0.25 |" in lines["parade"]
     assert "failed (seed0: failed: FloatingPointError: training loss is nan)" in lines["parade"]
     assert "| iapt | <u>82.0</u>" in md and "**61.0**" in lines["iapt"], "rte: iapt 61 beats lora 60"
     assert "- lr chosen on dev" in md
@@ -72,7 +73,8 @@ def test_paired_statistics():
     assert same["mean_diff"] == 0 and same["p_wilcoxon"] == 1.0
     up = paired({0: 2.0, 1: 3.0, 2: 5.0}, {0: 1.0, 1: 1.0, 2: 1.0})
     assert up["p_wilcoxon"] == pytest.approx(0.25), "3 seeds, all better: the smallest two-sided p"
-    assert 1.0 <= up["ci_low"] <= up["mean_diff"] <= up["ci_high"] <= 4.0
+    half = 4.302652729911275 * statistics.stdev([1.0, 2.0, 4.0]) / math.sqrt(3)  # t(2) 97.5% quantile
+    assert (up["ci_low"], up["ci_high"]) == pytest.approx((7 / 3 - half, 7 / 3 + half))
     one = paired({0: 2.0}, {0: 1.0})
     assert one["n_pairs"] == 1 and math.isnan(one["p_wilcoxon"])
 
@@ -105,6 +107,36 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert (tmp_path / "tables" / "iapt_table1_cpu.png").stat().st_size > 0, "the seeds plot beside the table"
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
+
+
+def test_a_table_of_several_commits_is_refused_then_rendered_with_the_flag(tmp_path, capsys):
+    """One code version per table: records of two commits are refused in one line naming both and their
+    runs; allow_mixed_commits=true renders them and lists the versions under the table."""
+    import json
+
+    from core.errors import UserError
+    from scripts import table
+
+    runs = tmp_path / "runs"
+    for cell, seed, commit, dirty in (("lora", 0, "a" * 40, False), ("lora", 1, "a" * 40, False),
+                                      ("iapt", 0, "b" * 40, True)):
+        folder = runs / "smollm2-135m" / "sst2" / cell
+        folder.mkdir(parents=True, exist_ok=True)
+        rec = {"schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": cell, "variant": None,
+               "cell": cell, "seed": seed, "status": "ok", "metrics": {"acc": 80.0 + seed}, "dev": {}, "params": {},
+               "config": {"method": {"name": cell}}, "provenance": {"git_commit": commit, "git_dirty": dirty},
+               "wall_time_s": 600.0, "curve": {}}
+        (folder / f"seed{seed}.json").write_text(json.dumps(rec))
+    args = ["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"]
+    with pytest.raises(UserError) as e:
+        table.main(args)
+    assert str(e.value).startswith("the table's 3 runs come from 2 code version(s): aaaaaaa (2 runs), "
+                                   "bbbbbbb+changes (1 run); rerun them from one clean commit"), str(e.value)
+    assert "allow_mixed_commits=true" in str(e.value) and not (tmp_path / "tables" / "iapt_table1_cpu.md").exists()
+    table.main([*args, "allow_mixed_commits=true"])
+    md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
+    assert "MIXED CODE VERSIONS (allow_mixed_commits=true): aaaaaaa (2 runs), bbbbbbb+changes (1 run)." in md
+    capsys.readouterr()
 
 
 def _search_record(root, method: str, lr: str, loss: float) -> None:
@@ -335,3 +367,59 @@ def test_runs_that_give_one_answer_are_flagged(tmp_path):
     assert notes == ["iapt sst2 seed 0: one answer for 95% of the test rows ('positive'; the most frequent gold "
                      "label covers 50%)"]
     assert one_answer_notes(recs, "other", ["sst2"], ["iapt"]) == [], "another backbone's runs are not read"
+
+
+def test_example_level_paired_test_against_a_direct_computation():
+    """paired_examples on hand-made per-example scores: the mean of the per-example differences averaged over
+    the common seeds, the permutation p against the exact sign-flip distribution, an interval around it."""
+    import itertools
+
+    from runners.tables import paired_examples
+
+    ours = {0: {"a": 100, "b": 100, "c": 0, "d": 100, "e": 100}, 1: {"a": 100, "b": 0, "c": 100, "d": 100, "e": 100},
+            2: {"a": 0, "b": 0, "c": 0, "d": 0, "e": 0}}  # seed 2: the reference has no seed 2
+    ref = {0: {"a": 0, "b": 100, "c": 0, "d": 0, "e": 100, "z": 0}, 1: {"a": 0, "b": 100, "c": 0, "d": 0, "e": 0}}
+    x = paired_examples(ours, ref)
+    d = [statistics.fmean([ours[s][i] - ref[s][i] for s in (0, 1)]) for i in "abcde"]  # 100, -50, 50, 100, 50
+    assert x["n_seeds"] == 2 and x["n_examples"] == 5 and x["mean_diff"] == pytest.approx(statistics.fmean(d))
+    flips = [abs(statistics.fmean(s * v for s, v in zip(signs, d))) >= abs(statistics.fmean(d)) - 1e-12
+             for signs in itertools.product((-1, 1), repeat=len(d))]
+    assert x["p_perm"] == pytest.approx(sum(flips) / len(flips), abs=0.02)
+    assert min(d) <= x["ci_low"] <= x["mean_diff"] <= x["ci_high"] <= max(d)
+    same = paired_examples(ours, ours)
+    assert same["mean_diff"] == 0 and same["p_perm"] == 1.0
+
+
+def test_example_scores_and_notes_from_predictions_files(tmp_path):
+    """runners/score.py example_scores reads the predictions beside a record and scores each example with
+    the record's task; the table's notes carry the example-level test against the proposed cell and LoRA."""
+    import json
+
+    from runners.aggregate import scan
+    from runners.score import example_scores
+    from runners.tables import TableSpec, example_notes
+
+    gold = ["positive", "negative", "positive", "negative"]
+    answers = {"iapt": ["positive", "negative", "negative", "negative"], "lora": ["positive", "positive", "positive",
+                                                                                   "negative"],
+               "parade": gold}
+    for cell, preds in answers.items():
+        for seed in (0, 1):
+            folder = tmp_path / "smollm2-135m" / "sst2" / cell
+            folder.mkdir(parents=True, exist_ok=True)
+            rec = {"schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": cell, "variant": None,
+                   "cell": cell, "seed": seed, "status": "ok", "metrics": {"acc": 75.0}, "dev": {}, "params": {},
+                   "config": {"method": {"name": cell}, "task": {"name": "sst2"}}, "provenance": {},
+                   "wall_time_s": 1.0, "curve": {}}
+            (folder / f"seed{seed}.json").write_text(json.dumps(rec))
+            (folder / f"seed{seed}.predictions.jsonl").write_text("".join(
+                json.dumps({"id": f"x{i}", "prompt": "", "prediction": p, "reference": g}) + "\n"
+                for i, (p, g) in enumerate(zip(preds, gold))))
+    records, _ = scan(str(tmp_path))
+    iapt0 = next(r for r in records if r["cell"] == "iapt" and r["seed"] == 0)
+    assert example_scores(iapt0) == {"x0": 100.0, "x1": 100.0, "x2": 0.0, "x3": 100.0}
+    spec = TableSpec(paper="iapt", table=1, tasks=["sst2"], cells=["lora", "parade", "iapt"], proposed="iapt")
+    notes = example_notes(spec, records, ["iapt", "lora"])
+    assert notes[0].startswith("Example-level paired tests (acc per test example")
+    assert notes[1].startswith("sst2 vs iapt (4 test examples x 2 seeds): lora +0.0 [") and "parade +25.0 [" in notes[1]
+    assert notes[2].startswith("sst2 vs lora (4 test examples x 2 seeds): parade +25.0 [") and "iapt +0.0 [" in notes[2]

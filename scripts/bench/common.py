@@ -123,9 +123,15 @@ def build_method(name: str, backbone: torch.nn.Module, o: Options, *, share: boo
     return model
 
 
+def is_bgmv(model) -> bool:
+    from scripts.bench.bgmv import BgmvLora
+
+    return isinstance(model, BgmvLora)
+
+
 def causal_lm(model) -> torch.nn.Module:
     """The HF causal LM module every step of `generate` runs once (where the step clock hooks)."""
-    if is_family(model):
+    if is_family(model) or is_bgmv(model):
         return model.backbone
     if hasattr(model, "get_base_model"):
         return model.get_base_model()
@@ -178,8 +184,34 @@ def add_tenants(model, n: int, o: Options) -> list[str]:
     return names
 
 
+BGMV = "lora_bgmv"  # LoRA's tenants by gather + batched matmuls (scripts/bench/bgmv.py)
+
+
+def tenant_models(methods: list[str], backbone, n: int, o: Options, routed: bool = True) -> tuple[dict, dict]:
+    """({method: model}, {method: tenant names, or None}) of a tenant benchmark: every method with n tenants
+    (`add_tenants`; the bare backbone none; with routed=False and n = 1 no routing at all). `lora_bgmv` serves
+    the lora row's own tenant adapters (the same weights; built privately when lora is not benchmarked)."""
+    from scripts.bench.bgmv import BgmvLora
+
+    models, names = {}, {}
+    for m in methods:
+        if m != BGMV:
+            models[m] = build_method(m, backbone, o)
+            names[m] = add_tenants(models[m], n, o) if m != "bare" and (routed or n > 1) else None
+    if BGMV in methods:
+        lora, lora_names = models.get("lora"), names.get("lora")
+        if lora is None or lora_names is None:
+            lora = build_method("lora", backbone, o)
+            lora_names = add_tenants(lora, n, o)
+        models[BGMV] = BgmvLora(lora, lora_names, shared_copy(lora.get_base_model())).eval()
+        names[BGMV] = lora_names
+    return {m: models[m] for m in methods}, {m: names[m] for m in methods}
+
+
 def tenant_bytes(model, name: str = "default") -> int:
     """Bytes of one tenant's module tensors (its generator; its LoRA adapter's A and B)."""
+    if is_bgmv(model):
+        return model.tenant_bytes
     if is_family(model):
         gen = model.generators[name]
         return nbytes({id(t): t for t in itertools.chain(gen.parameters(), gen.buffers())}.values())
@@ -192,7 +224,7 @@ def routing(model, names: list[str] | None) -> dict:
     """generate() kwargs that route row k to tenant names[k] (nothing for the bare backbone or names=None)."""
     if names is None:
         return {}
-    if is_family(model):
+    if is_family(model) or is_bgmv(model):
         return {"tenant_ids": list(names)}
     if is_peft_lora(model):
         return {"adapter_names": list(names)}

@@ -5,7 +5,7 @@ exit 2), and the output file stem.
 
 Options (key=value; lists comma-separated): backbone= (conf/backbone), methods= (bare = the backbone alone,
 the limit; default bare,lora,ia3_proj,iapt,parade,para,idspam, tenants/stream:
-bare,lora,iapt,parade,para,idspam), rounds= (table4: 100 as the paper, tenants: 20), warmup= (3 rounds, not
+bare,lora,lora_bgmv,iapt,parade,para,idspam; lora_bgmv: LoRA's tenants by gather + batched matmuls), rounds= (table4: 100 as the paper, tenants: 20), warmup= (3 rounds, not
 counted), new_tokens= (32), beams= (1,3; tenants/stream: 1), batches= (1,4,16,64), tenants= (stream:
 1,16,256), requests= (stream requests per tenant count, 64), max_batch= (stream scheduler, 16), load= (stream
 arrival rate in units of the bare backbone's single-request rate, 2.0), repeats= (stream, 3), device=
@@ -41,8 +41,8 @@ MODES = ("table4", "tenants", "stream", "train")  # one benchmark module each; s
 FAMILY = ("iapt", "parade", "para", "idspam", "lpt", "idpg")  # the input-aware family (pefts/family.py)
 PEFT_LORA = ("lora", "lora_default")  # peft LoRA: mixed-adapter batches (adapter_names)
 DEFAULT_METHODS = {"table4": ["bare", "lora", "ia3_proj", "iapt", "parade", "para", "idspam"],
-                   "tenants": ["bare", "lora", "iapt", "parade", "para", "idspam"],
-                   "stream": ["bare", "lora", "iapt", "parade", "para", "idspam"],
+                   "tenants": ["bare", "lora", "lora_bgmv", "iapt", "parade", "para", "idspam"],
+                   "stream": ["bare", "lora", "lora_bgmv", "iapt", "parade", "para", "idspam"],
                    "train": ["lora", "iapt", "parade", "para", "idspam", "lpt", "p_tuning_v2"]}
 TRAIN_TASKS = ("sst2", "rte", "mrpc", "cb")  # tasks the train mode reads from data_root (scripts/bench/train.py)
 
@@ -173,7 +173,7 @@ def _validate(o: Options) -> None:
     if o.mode == "train":
         _validate_train(o, METHODS.names())
         return
-    allowed = ["bare", *METHODS.names()] if o.mode == "table4" else ["bare", *PEFT_LORA, *FAMILY]
+    allowed = ["bare", *METHODS.names()] if o.mode == "table4" else ["bare", *PEFT_LORA, "lora_bgmv", *FAMILY]
     bad = [m for m in o.methods if m not in allowed]
     if bad:
         what = "method" if o.mode == "table4" else f"method with per-tenant modules ({o.mode} mode)"

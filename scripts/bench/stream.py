@@ -22,9 +22,7 @@ from dataclasses import dataclass
 
 from scripts.bench.common import (
     StepClock,
-    add_tenants,
     batch_of,
-    build_method,
     causal_lm,
     gen_kwargs,
     header,
@@ -35,6 +33,7 @@ from scripts.bench.common import (
     routing,
     summary,
     tenant_bytes,
+    tenant_models,
     timed_generate,
 )
 from scripts.bench.options import Options, device_and_dtype
@@ -99,10 +98,8 @@ def run_stream(o: Options) -> dict:
     res["stream"] = {"rate_per_s": rate, "bare_single_request_s": statistics.median(one[1:]),
                      "requests": o.requests, "max_batch": o.max_batch}
     for N in o.tenants:
-        models, names = {}, {}
+        models, names = tenant_models(o.methods, backbone, N, o, routed=False)
         for m in o.methods:
-            models[m] = build_method(m, backbone, o)
-            names[m] = add_tenants(models[m], N, o) if m != "bare" and N > 1 else None
             res["methods"].setdefault(m, {"tenant_bytes": tenant_bytes(models[m])})
         clocks = {m: StepClock(causal_lm(model), dev == "cuda", o.clock) for m, model in models.items()}
         stream = make_stream(prompt, o.requests, N, rate, o.seed)

@@ -7,7 +7,8 @@ same B; tokens/s and its per-round ratio to the bare backbone and to LoRA, and o
 Multi-tenant (`tenants`): B rows, row k from tenant k with its own module: the input-aware methods through
 `FamilyModel.add_tenant` + `generate(tenant_ids=...)` (tenant k = the perturbed default, perturbed again with
 seed k), LoRA through peft's mixed-adapter batches (one adapter per tenant by `add_adapter`, `generate(...,
-adapter_names=...)`), against the bare backbone at the same B.
+adapter_names=...)`) and, row `lora_bgmv`, the same adapters applied by gather + batched matmuls
+(scripts/bench/bgmv.py, the way Punica and S-LoRA batch tenants), against the bare backbone at the same B.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ def run_tenants(o: Options) -> dict:
     backbone, tok, _ = C.load(o)
     prompt = C.instruction(tok, o)
     n_tenants = max(o.batches)
-    models, names = {}, {}
-    for m in o.methods:
-        models[m] = C.build_method(m, backbone, o)
-        names[m] = C.add_tenants(models[m], n_tenants, o) if m != "bare" else None
+    models, names = C.tenant_models(o.methods, backbone, n_tenants, o)
     clocks = {m: C.StepClock(C.causal_lm(model), dev == "cuda", o.clock) for m, model in models.items()}
     res = C.header(o, dev, dtype, prompt)
     res["methods"] = {m: {"tenant_bytes": C.tenant_bytes(models[m]), "tenants": n_tenants if m != "bare" else 0}
