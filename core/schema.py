@@ -116,10 +116,13 @@ class RunConfig:
     # a folder laid out like ../shared/data: without data_dir, a run reads <data_root>/<task.local_dir>
     # (so one sweep can span tasks); null = data_dir decides
     data_root: str | None = None
-    # table experiments (scripts/table.py): learning rates tried for each method (seed 0, the grid's first task,
-    # runner.eval_test=false) before the table; each method's cells use the one with the lowest best dev loss.
-    # null = runner.lr for every method
+    # table experiments (scripts/table.py): learning rates tried for each method on each task (the grid's first
+    # seed, that task's dev split, runner.eval_test=false) before the table; each (method, task)'s cells use the
+    # one with the lowest best dev loss. null = runner.lr for every method
     lr_grid: list[float] | None = None
+    # steps the lr_grid is widened past an edge choice (by its own geometric step), each side, until the
+    # choice is interior (runners/table_plan.py search_plan)
+    lr_widen: int = 2
     # table experiments: the rendered table's columns, each a grid task (its headline metric) or `task:metric`
     # (another metric of its records, e.g. alpaca:rouge-l); null = the grid's tasks
     columns: list[str] | None = None

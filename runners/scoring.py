@@ -7,7 +7,8 @@ for every example, the label whose response tokens the model finds most likely g
 
 Each candidate is scored as the sum of the log-probabilities of its response tokens *including the EOS
 that ends every training response* (tasks/base.py format_example), so "entailment" is scored as a whole
-answer and not as the prefix of a longer one. Cheaper than beam search (one forward pass per candidate, no
+answer and not as the prefix of a longer one; the model projects only those columns onto the vocabulary
+(runners/trainer.py `labelled_positions`: the same logits there). Cheaper than beam search (one forward pass per candidate, no
 decoding) and meaningful for an untrained model that answers in sentences. The prediction is the label
 word itself, scored by the task's own metric as a generated answer would be. Written by hand: neither
 transformers nor lm-evaluation-harness (not a dependency) scores through an arbitrary nn.Module such as
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from core.errors import UserError
 from runners.data import ClassCollator, TrainCollator, encode_classification, encode_train
+from runners.trainer import labelled_positions
 
 SCORINGS = ("generate", "likelihood", "head")  # head: encoders' classification head (their only one)
 
@@ -59,11 +61,11 @@ def predict_likelihood(model, tok, examples, labels: list[str] | list[list[str]]
                       leave=False):
         idx = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate([rows[k] for k in idx]).items()}
-        logits = model(**batch).logits.float()  # labels tell a FamilyModel where the instruction ends
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        target = batch["labels"][:, 1:]
+        cols = labelled_positions(batch["labels"])  # the answer columns' logits only, as training does
+        logits = model(**batch, **cols).logits.float()  # labels tell a FamilyModel where the instruction ends
+        target = cols["shift_labels"]
         keep = target != -100
-        token_lp = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep
+        token_lp = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0)[..., None])[..., 0] * keep
         for k, total in zip(idx, token_lp.sum(-1).cpu()):
             i, j = owner[k]
             scores[i][j] = float(total)

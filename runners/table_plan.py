@@ -12,6 +12,7 @@ scripts/table.py prints these, runs what is missing and renders the table (runne
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import statistics
 
@@ -76,27 +77,82 @@ def lr_str(lr) -> str:
     return str(float(lr))
 
 
+def _tried_rates(root: str, backbone: str, task: str, method: str, seed: int) -> set[float]:
+    """Rates whose selection run of (method, task) has a record (finished or failed) under the search folder."""
+    folder = os.path.join(root, backbone, task)
+    prefix = f"{method}-lr"
+    out = set()
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(prefix) and any(os.path.exists(p) for p in (
+                    os.path.join(folder, name, f"seed{seed}.json"), R.failed_path(os.path.join(folder, name, f"seed{seed}.json")))):
+                try:
+                    out.add(float(name[len(prefix):]))
+                except ValueError:
+                    continue
+    return out
+
+
 def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
-    """The learning-rate search's runs (as `plan`'s) and, per method, its choice: None without `lr_grid`."""
+    """The learning-rate search, per (method, task) on that task's dev split (seed = the grid's first): its
+    runs (as `plan`'s), dev losses, and choices; None without `lr_grid`. A choice is the rate of the lowest
+    best dev loss (a tie: the smaller rate) once every tried rate has finished; when it lies on an edge of
+    the tried rates, the grid is widened by one step of its own ratio past that edge (`next`: the rates to
+    run), up to `lr_widen` steps a side. A failed selection run (a diverged rate, e.g. a
+    NaN loss) counts as an infinite loss, so a rate beside a divergence is interior. `edge` names the choices
+    that stayed on an edge after all widening."""
     if not cfg.get("lr_grid"):
         return None
     if axes.get(ABLATION) or axes.get("variant"):
         raise UserError("lr_grid chooses a learning rate per method: it needs a grid of methods, not of "
                         f"{ABLATION if axes.get(ABLATION) else 'variant'} cells")
-
-    task, seed = axes["task"][0], int(axes["seed"][0])
-    runs, losses = [], {}
-    for method, lr in itertools.product(axes["method"], cfg.lr_grid):
-        cell = f"{method}-lr{lr_str(lr)}"
-        state, wall, rec = run_state(R.run_path(os.path.join(cfg.results_dir, SEARCH_DIR), cfg.backbone.name,
-                                                task, cell, seed))
-        if state == "done":
-            losses.setdefault(method, {})[float(lr)] = float(rec["dev"]["loss"])
-        runs.append({"cell": cell, "task": task, "state": state, "wall": wall})
-    chosen = {m: min(d, key=lambda lr: (d[lr], lr)) for m, d in losses.items()
-              if len(d) == len(cfg.lr_grid)}  # a choice needs the whole grid
-    return {"runs": runs, "losses": losses, "chosen": chosen, "task": task, "seed": seed,
-            "grid": [float(x) for x in cfg.lr_grid]}
+    grid_rates = sorted(float(x) for x in cfg.lr_grid)
+    # the grid's own geometric step ([1e-3, 3e-3, 1e-2]: sqrt(10)); a one-rate grid is a fixed rate, never widened
+    ratio = (grid_rates[-1] / grid_rates[0]) ** (1 / (len(grid_rates) - 1)) if len(grid_rates) > 1 else 10 ** 0.5
+    widen = int(cfg.lr_widen)
+    seed = int(axes["seed"][0])
+    root = os.path.join(cfg.results_dir, SEARCH_DIR)
+    runs, losses, chosen, nxt, edge, failed = [], {}, {}, {}, {}, {}
+    for task, method in itertools.product(axes["task"], axes["method"]):
+        key = (method, task)
+        rates = sorted(set(grid_rates) | _tried_rates(root, cfg.backbone.name, task, method, seed))
+        done = True
+        for lr in rates:
+            cell = f"{method}-lr{lr_str(lr)}"
+            state, wall, rec = run_state(R.run_path(root, cfg.backbone.name, task, cell, seed))
+            if state == "done":
+                loss = float(rec["dev"]["loss"])
+                losses.setdefault(key, {})[lr] = loss if math.isfinite(loss) else math.inf
+            elif state == "failed":
+                losses.setdefault(key, {})[lr] = math.inf
+                failed.setdefault(key, {})[lr] = (rec or {}).get("error", "failed")
+            else:
+                done = False
+            runs.append({"cell": cell, "method": method, "task": task, "lr": lr, "state": state, "wall": wall})
+        if not done:
+            continue
+        d = losses[key]
+        if all(math.isinf(v) for v in d.values()):
+            edge[key] = "every rate failed or diverged"
+            continue
+        best = min(d, key=lambda lr: (d[lr], lr))
+        lo, hi = rates[0], rates[-1]
+        steps_up = sum(r > grid_rates[-1] for r in rates)
+        steps_down = sum(r < grid_rates[0] for r in rates)
+        if best == hi and len(rates) > 1 and steps_up < widen:
+            nxt[key] = [float(f"{hi * ratio:.3g}")]
+        elif best == lo and len(rates) > 1 and steps_down < widen:
+            nxt[key] = [float(f"{lo / ratio:.3g}")]
+        else:
+            chosen[key] = best
+            if len(rates) > 1 and best in (lo, hi):
+                edge[key] = f"on the {'upper' if best == hi else 'lower'} edge after widening {widen} steps"
+    for (method, task), lrs in nxt.items():
+        runs += [{"cell": f"{method}-lr{lr_str(lr)}", "method": method, "task": task, "lr": lr, "state": "to run",
+                  "wall": None} for lr in lrs]
+    return {"runs": runs, "losses": losses, "chosen": chosen, "next": nxt, "edge": edge, "failed": failed,
+            "tasks": list(axes["task"]), "methods": list(axes["method"]), "seed": seed, "grid": grid_rates,
+            "widen": widen}
 
 
 def time_left(runs: list[dict], tasks: list[str]) -> tuple[float, str] | None:
@@ -117,11 +173,13 @@ def time_left(runs: list[dict], tasks: list[str]) -> tuple[float, str] | None:
 
 def describe_search(search: dict) -> str:
     runs = search["runs"]
-    done = sum(r["state"] == "done" for r in runs)
-    left = time_left(runs, [search["task"]])
-    return (f"learning-rate search: {len(runs)} runs ({len(runs) // max(1, len(search['grid']))} methods x "
-            f"{len(search['grid'])} rates, {search['task']} dev, seed {search['seed']}): {done} done, "
-            f"{len(runs) - done} to run" + (f"; about {left[0] / 3600:.1f} h left" if left else ""))
+    done = sum(r["state"] in ("done", "failed") for r in runs)
+    left = time_left([r for r in runs if r["state"] != "failed"], search["tasks"])
+    pairs = len(search["methods"]) * len(search["tasks"])
+    return (f"learning-rate search: {len(runs)} runs ({len(search['methods'])} methods x {len(search['tasks'])} "
+            f"tasks, {len(search['grid'])} rates each, widened up to {search['widen']} steps a side; dev only, "
+            f"seed {search['seed']}): {done} done, {len(runs) - done} to run; {len(search['chosen'])} of {pairs} "
+            "rates chosen" + (f"; about {left[0] / 3600:.1f} h left" if left else ""))
 
 
 def describe(experiment: str, p: dict) -> str:

@@ -440,14 +440,22 @@ def budget_note(cfg) -> str:
 
 
 def search_notes(search: dict) -> list[str]:
-    """The table's notes on the learning-rate choice (runners/table_plan.py `search_plan`)."""
+    """The table's notes on the learning-rate choices (runners/table_plan.py `search_plan`), per task."""
     grid = ", ".join(lr_str(x) for x in search["grid"])
-    out = [f"Learning rate per method, chosen on {search['task']} dev (seed {search['seed']}; no test rows read) "
-           f"from [{grid}] by the lowest best dev loss:"]
-    for method, d in search["losses"].items():
-        per = " / ".join(f"{lr_str(lr)}: {d[lr]:.3f}" if lr in d else f"{lr_str(lr)}: –" for lr in search["grid"])
-        pick = search["chosen"].get(method)
-        out.append(f"{method}: lr {lr_str(pick) if pick else 'not chosen yet'} (best dev loss at each rate: {per})")
+    out = [f"Learning rate per method and task, chosen on that task's dev split (seed {search['seed']}; no test rows "
+           f"read) by the lowest best dev loss, from [{grid}] widened by the grid's ratio past an edge choice (up to "
+           f"{search['widen']} steps a side); a failed selection run (diverged) counts as an infinite loss:"]
+    for task in search["tasks"]:
+        for method in search["methods"]:
+            key = (method, task)
+            d = search["losses"].get(key, {})
+            rates = sorted(set(search["grid"]) | set(d))
+            per = " / ".join(f"{lr_str(lr)}: {'diverged' if math.isinf(d[lr]) else f'{d[lr]:.3f}'}" if lr in d
+                             else f"{lr_str(lr)}: –" for lr in rates)
+            pick = search["chosen"].get(key)
+            state = (f"lr {lr_str(pick)}" if pick else "widening" if key in search["next"] else "not chosen yet")
+            out.append(f"{method} on {task}: {state} (best dev loss at each rate: {per})"
+                       + (f"; {search['edge'][key]}" if key in search["edge"] else ""))
     return out
 
 

@@ -31,6 +31,7 @@ the rendering runners/tables.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -64,12 +65,21 @@ def options(argv: list[str]) -> dict[str, str | None]:
     return opts
 
 
-def search_overrides(cfg, axes: dict[str, list[str]]) -> list[str]:
-    """run.py overrides of the learning-rate search (one multirun over methods x lr_grid): the grid's first
-    task and seed, dev only, cells named <method>-lr<rate> under <results_dir>/lr_search."""
-    return [f"method={','.join(axes['method'])}", f"runner.lr={','.join(lr_str(x) for x in cfg.lr_grid)}",
-            f"task={axes['task'][0]}", f"seed={axes['seed'][0]}", "runner.eval_test=false", "runner.zero_shot=false",
+def search_overrides(cfg, axes: dict[str, list[str]], method: str, task: str, rates: list[float]) -> list[str]:
+    """run.py overrides of one (method, task)'s learning-rate selection runs: the grid's first seed, dev only,
+    cells named <method>-lr<rate> under <results_dir>/lr_search."""
+    return [f"method={method}", f"runner.lr={','.join(lr_str(x) for x in rates)}", f"task={task}",
+            f"seed={axes['seed'][0]}", "runner.eval_test=false", "runner.zero_shot=false",
             f"results_dir={os.path.join(cfg.results_dir, SEARCH_DIR)}", "variant=${method.name}-lr${runner.lr}"]
+
+
+def search_to_run(search: dict) -> dict[tuple[str, str], list[float]]:
+    """{(method, task): rates whose selection runs are still to run} (the grid's missing ones, then widening)."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in search["runs"]:
+        if r["state"] == "to run":
+            out.setdefault((r["method"], r["task"]), []).append(r["lr"])
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -98,19 +108,23 @@ def main(argv: list[str]) -> None:
             print(f"error: the grid stopped (exit {res.returncode}); the table shows what is finished",
                   file=sys.stderr)
 
-    if opts["run"] == "true" and search and any(r["state"] != "done" for r in search["runs"]):
-        launch(*search_overrides(cfg, axes))
+    for _ in range(2 * search["widen"] + 2 if search and opts["run"] == "true" else 0):  # grid, then widening
+        todo = search_to_run(search)
+        if not todo:
+            break
+        for (method, task), rates in todo.items():
+            launch(*search_overrides(cfg, axes, method, task, rates))
         search = search_plan(cfg, axes)
         print(describe_search(search), flush=True)
     if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
         if not search:
             launch()
-        for method in axes["method"] if search else []:  # one multirun per method, at its chosen rate
-            if method not in search["chosen"]:
-                print(f"error: {method}: no learning rate chosen (its search runs are not all finished); "
-                      "its cells are not run", file=sys.stderr)
-            elif any(r["state"] != "done" for r in p["runs"] if r["cell"] == method):
-                launch(f"method={method}", f"runner.lr={lr_str(search['chosen'][method])}")
+        for method, task in itertools.product(axes["method"], axes["task"]) if search else []:
+            if (method, task) not in search["chosen"]:  # one multirun over the seeds per (method, task)
+                print(f"error: {method} on {task}: no learning rate chosen (its search runs are not all finished, "
+                      "or all failed); its cells are not run", file=sys.stderr)
+            elif any(r["state"] != "done" for r in p["runs"] if (r["cell"], r["task"]) == (method, task)):
+                launch(f"method={method}", f"task={task}", f"runner.lr={lr_str(search['chosen'][method, task])}")
         p = plan(cfg, axes)
         print(describe(experiment, p))
     from scripts.figures import plot_seeds

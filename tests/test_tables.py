@@ -97,7 +97,8 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
         (folder / "seed0.json").write_text(json.dumps(rec))
     table.main(["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
     out = capsys.readouterr().out
-    assert "learning-rate search: 21 runs (7 methods x 3 rates, sst2 dev, seed 0): 0 done, 21 to run" in out
+    assert ("learning-rate search: 42 runs (7 methods x 2 tasks, 3 rates each, widened up to 2 steps a side; dev "
+            "only, seed 0): 0 done, 42 to run; 0 of 14 rates chosen") in out
     assert "iapt_table1_cpu: 42 runs (7 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 40 to run; " \
            "about 6.7 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
@@ -139,55 +140,75 @@ def test_a_table_of_several_commits_is_refused_then_rendered_with_the_flag(tmp_p
     capsys.readouterr()
 
 
-def _search_record(root, method: str, lr: str, loss: float) -> None:
+def _search_record(root, method: str, lr: str, loss: float, task: str = "sst2", failed: bool = False) -> None:
     import json
 
-    folder = root / "lr_search" / "smollm2-135m" / "sst2" / f"{method}-lr{lr}"
+    folder = root / "lr_search" / "smollm2-135m" / task / f"{method}-lr{lr}"
     folder.mkdir(parents=True)
-    rec = {"schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": method, "variant": f"{method}-lr{lr}",
+    rec = {"schema": 1, "backbone": "smollm2-135m", "task": task, "method": method, "variant": f"{method}-lr{lr}",
            "cell": f"{method}-lr{lr}", "seed": 0, "status": "ok", "metrics": {}, "dev": {"loss": loss},
            "params": {}, "config": {"method": {"name": method}}, "provenance": {}, "wall_time_s": 120.0, "curve": {}}
-    (folder / "seed0.json").write_text(json.dumps(rec))
+    if failed:
+        rec.update(status="failed", error="FloatingPointError: training loss is nan")
+    (folder / ("seed0.failed.json" if failed else "seed0.json")).write_text(json.dumps(rec))
 
 
-def test_learning_rate_search_chooses_per_method_and_runs_each_method_at_its_rate(tmp_path, monkeypatch, capsys):
-    """lr_grid: the search runs first (dev only, cells <method>-lr<rate>), each method's cells then run at
-    the rate of its lowest best dev loss (a tie goes to the smaller rate), a method without its whole
-    search is not run, and the table's notes give the grid, the losses and the choice."""
+def test_learning_rate_search_chooses_per_method_and_task_widening_past_an_edge(tmp_path, monkeypatch, capsys):
+    """lr_grid: selection runs per (method, task) on that task's dev split; an interior choice is taken (a
+    tie goes to the smaller rate), a choice on an edge widens the grid by its ratio past it (up to lr_widen
+    steps), a diverged neighbour makes a rate interior, a (method, task) without its whole search is not run;
+    each (method, task)'s cells then run at its own rate; the notes give every loss and choice."""
     import subprocess
 
     from runners import table_plan, tables
     from scripts import table
 
     runs = tmp_path / "runs"
-    for lr, loss in (("0.001", 0.30), ("0.003", 0.20), ("0.01", 0.25)):
+    for lr, loss in (("0.001", 0.30), ("0.003", 0.20), ("0.01", 0.25)):  # interior: 0.003
         _search_record(runs, "lora", lr, loss)
-    for lr, loss in (("0.001", 0.40), ("0.003", 0.40), ("0.01", 0.50)):
+    for lr, loss in (("0.001", 0.40), ("0.003", 0.45), ("0.01", 0.50)):  # lower edge: widen to 0.000316
         _search_record(runs, "iapt", lr, loss)
-    _search_record(runs, "parade", "0.001", 0.1)  # 1 of 3 rates: no choice
+    for lr, loss in (("0.001", 0.40), ("0.003", 0.30), ("0.01", 0.20)):  # upper edge, widened twice already
+        _search_record(runs, "lora", lr, loss, task="rte")
+    _search_record(runs, "lora", "0.0316", 0.15, task="rte")
+    _search_record(runs, "lora", "0.1", 0.10, task="rte")
+    for lr, loss in (("0.001", 0.40), ("0.003", 0.30)):  # its upper neighbour diverged: 0.003 is interior
+        _search_record(runs, "parade", lr, loss, task="rte")
+    _search_record(runs, "parade", "0.01", float("nan"), task="rte", failed=True)
+    _search_record(runs, "parade", "0.001", 0.1)  # 1 of 3 rates on sst2: no choice yet
     cfg, axes = table_plan.grid("iapt_table1_cpu", [f"results_dir={runs}"])
     search = table_plan.search_plan(cfg, axes)
-    assert search["chosen"] == {"lora": 0.003, "iapt": 0.001}
-    assert sum(r["state"] == "done" for r in search["runs"]) == 7
-    assert table_plan.describe_search(search).startswith("learning-rate search: 21 runs (7 methods x 3 rates, sst2 "
-                                                         "dev, seed 0): 7 done, 14 to run; about 0.5 h left")
+    assert search["chosen"] == {("lora", "sst2"): 0.003, ("lora", "rte"): 0.1, ("parade", "rte"): 0.003}
+    assert search["next"] == {("iapt", "sst2"): [0.000316]}
+    assert search["edge"] == {("lora", "rte"): "on the upper edge after widening 2 steps"}
+    assert table_plan.describe_search(search).startswith(
+        "learning-rate search: 45 runs (7 methods x 2 tasks, 3 rates each, widened up to 2 steps a side; dev only, "
+        "seed 0): 15 done, 30 to run; 3 of 14 rates chosen")
     notes = tables.search_notes(search)
-    assert "lora: lr 0.003 (best dev loss at each rate: 0.001: 0.300 / 0.003: 0.200 / 0.01: 0.250)" in notes
-    assert "parade: lr not chosen yet (best dev loss at each rate: 0.001: 0.100 / 0.003: – / 0.01: –)" in notes
+    assert "lora on sst2: lr 0.003 (best dev loss at each rate: 0.001: 0.300 / 0.003: 0.200 / 0.01: 0.250)" in notes
+    assert "parade on rte: lr 0.003 (best dev loss at each rate: 0.001: 0.400 / 0.003: 0.300 / 0.01: diverged)" in notes
+    assert "iapt on sst2: widening (best dev loss at each rate: 0.001: 0.400 / 0.003: 0.450 / 0.01: 0.500)" in notes
+    assert any(n.startswith("lora on rte: lr 0.1 (") and n.endswith("on the upper edge after widening 2 steps")
+               for n in notes)
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd[2:]) or subprocess.CompletedProcess(cmd, 0))
     with pytest.raises(SystemExit):  # nothing of the table itself finished
         table.main(["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
     common = ["--multirun", "experiment=iapt_table1_cpu", "print_table=false", f"results_dir={runs}"]
-    assert calls[0] == [*common, "method=lora,houlsby,lpt,parade,para,idspam,iapt", "runner.lr=0.001,0.003,0.01",
-                        "task=sst2", "seed=0", "runner.eval_test=false", "runner.zero_shot=false",
-                        f"results_dir={runs / 'lr_search'}", "variant=${method.name}-lr${runner.lr}"]
-    assert calls[1:] == [[*common, "method=lora", "runner.lr=0.003"], [*common, "method=iapt", "runner.lr=0.001"]]
+    search_tail = ["seed=0", "runner.eval_test=false", "runner.zero_shot=false", f"results_dir={runs / 'lr_search'}",
+                   "variant=${method.name}-lr${runner.lr}"]
+    searches = [c for c in calls if "runner.eval_test=false" in c]
+    assert [*common, "method=iapt", "runner.lr=0.000316", "task=sst2", *search_tail] in searches
+    assert [*common, "method=houlsby", "runner.lr=0.001,0.003,0.01", "task=rte", *search_tail] in searches
+    cells = [c for c in calls if "runner.eval_test=false" not in c]
+    assert cells == [[*common, "method=lora", "task=sst2", "runner.lr=0.003"],
+                     [*common, "method=lora", "task=rte", "runner.lr=0.1"],
+                     [*common, "method=parade", "task=rte", "runner.lr=0.003"]]
     err = capsys.readouterr().err
-    assert "error: parade: no learning rate chosen (its search runs are not all finished); its cells are not run" in err
+    assert "error: iapt on sst2: no learning rate chosen" in err
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
-    assert "- Learning rate per method, chosen on sst2 dev (seed 0; no test rows read) from [0.001, 0.003, 0.01]" in md
+    assert "- Learning rate per method and task, chosen on that task's dev split (seed 0; no test rows read)" in md
     assert "- Budget: 30 steps x 8 rows, dev loss every 15 steps on 100 dev rows (best restored), test answers by " \
            "`likelihood`, the first 200 test rows at most (a task with fewer: all of them)." in md
     assert "| zero-shot | missing | missing |" in md, "the untrained row of a CPU table"
@@ -210,7 +231,7 @@ def test_search_overrides_name_each_cell_after_its_method_and_rate():
     from scripts import table
 
     cfg, axes = table_plan.grid("iapt_table1_cpu")
-    over = dict(o.split("=", 1) for o in table.search_overrides(cfg, axes))
+    over = dict(o.split("=", 1) for o in table.search_overrides(cfg, axes, "parade", "rte", [0.003]))
     c = compose(["experiment=iapt_table1_cpu", "method=parade", "runner.lr=0.003", f"task={over['task']}",
                  f"seed={over['seed']}", "runner.eval_test=false", f"results_dir={over['results_dir']}",
                  f"variant={over['variant']}"])
