@@ -140,9 +140,9 @@ def example_notes(spec: TableSpec, records: list[dict], against: list[str], metr
                     parts.append(f"{cell} {x['mean_diff']:+.1f} [{x['ci_low']:+.1f}, {x['ci_high']:+.1f}] "
                                  f"p={x['p_perm']:.3f}")
             if parts:
-                n = paired_examples(*(per[(column, c)] for c in (ref, ref)))
-                lines.append(f"{column} vs {ref} ({n['n_examples']} test examples x {n['n_seeds']} seeds): "
-                             + "; ".join(parts) + ".")
+                seeds = per[(column, ref)]
+                n_ex = len(set.intersection(*(set(x) for x in seeds.values())))
+                lines.append(f"{column} vs {ref} ({n_ex} test examples x {len(seeds)} seeds): " + "; ".join(parts) + ".")
     if lines:
         lines.insert(0, f"Example-level paired tests ({metric} per test example, averaged over the seeds both cells "
                         "have; mean difference in points [paired bootstrap 95% interval over examples], two-sided "
