@@ -79,6 +79,10 @@ class RunnerConfig:
     # summed in another order: equal within 2 ulp) | all (every position, as transformers does by default)
     loss_positions: str = "labelled"
     logging_steps: int = 10  # train-loss logging interval (steps)
+    # training batches of rows of similar length (transformers' LengthGroupedSampler: random mega-batches of
+    # 50 batches, each sorted by length): far less padding (RTE on SmolLM2: padded/real tokens 1.55 -> 1.01),
+    # the same rows in another order; false = uniformly shuffled batches, the papers' protocol
+    group_by_length: bool = False
     # write the best PEFT weights alone beside the record (seed<k>.peft.safetensors; pefts/io.py)
     save_peft: bool = True
     # start from another run's saved PEFT weights (seed<k>.peft.safetensors of the same method and backbone)
@@ -123,6 +127,10 @@ class RunConfig:
     # steps the lr_grid is widened past an edge choice (by its own geometric step), each side, until the
     # choice is interior (runners/table_plan.py search_plan)
     lr_widen: int = 2
+    # the chosen rate's selection run is also the grid's cell at that seed (copied, naming its source), so
+    # selection runs score the test split too; the choice still reads dev losses only. false = selection runs
+    # read no test row and every seed is run for the table
+    lr_search_reuse: bool = False
     # table experiments: the rendered table's columns, each a grid task (its headline metric) or `task:metric`
     # (another metric of its records, e.g. alpaca:rouge-l); null = the grid's tasks
     columns: list[str] | None = None

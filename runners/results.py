@@ -92,7 +92,8 @@ def run_path(results_dir: str, backbone: str, task: str, cell: str, seed: int | 
 # ("group.key", or "group.key@name" for a key of one method or task only)
 ADDED_LATER = {"runner.scoring": "generate", "method.init_std@iapt": 1e-3, "method.pool_skip_first@iapt": False,
                "runner.adam_beta1": 0.9, "runner.adam_beta2": 0.999, "runner.adam_epsilon": 1e-8,
-               "runner.eval_test": True, "runner.init_peft": None}
+               "runner.eval_test": True, "runner.init_peft": None,
+               "runner.group_by_length": False}
 
 
 # The runner keys that change what an untrained backbone's zero-shot row computes (it trains nothing, so the

@@ -152,7 +152,37 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
                   "wall": None} for lr in lrs]
     return {"runs": runs, "losses": losses, "chosen": chosen, "next": nxt, "edge": edge, "failed": failed,
             "tasks": list(axes["task"]), "methods": list(axes["method"]), "seed": seed, "grid": grid_rates,
-            "widen": widen}
+            "widen": widen, "reuse": bool(cfg.get("lr_search_reuse"))}
+
+
+def adopt_search_runs(cfg, axes: dict[str, list[str]], search: dict) -> list[str]:
+    """With `lr_search_reuse`: the chosen rate's selection run of each (method, task) becomes the grid's cell
+    at the search seed (the same training, data order and seed a rerun would repeat): its record, relabelled
+    as the method's cell with `provenance.from_lr_search` naming the source, and its predictions are copied
+    into the cell folder. Returns the paths written; a cell that already has a record keeps it."""
+    if not cfg.get("lr_search_reuse"):
+        return []
+    root, written = os.path.join(cfg.results_dir, SEARCH_DIR), []
+    for (method, task), lr in sorted(search["chosen"].items()):
+        seed = search["seed"]
+        src = R.run_path(root, cfg.backbone.name, task, f"{method}-lr{lr_str(lr)}", seed)
+        dst = R.run_path(cfg.results_dir, cfg.backbone.name, task, method, seed)
+        state, _, rec = run_state(src)
+        if state != "done" or os.path.exists(dst) or os.path.exists(R.failed_path(dst)):
+            continue
+        if not rec.get("metrics"):
+            raise UserError(f"{src} has no test metrics: it was run with runner.eval_test=false, so it cannot be "
+                            f"the {method} cell's seed {seed} (lr_search_reuse=true); rerun it with force=true")
+        pred = src.replace(".json", ".predictions.jsonl")
+        with open(pred, encoding="utf-8") as f:
+            rows = f.read()
+        rec = {**rec, "variant": None, "cell": method, "config": {**rec["config"], "variant": None},
+               "provenance": {**rec["provenance"], "from_lr_search": os.path.relpath(src, cfg.results_dir)}}
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        R.atomic_write_text(dst.replace(".json", ".predictions.jsonl"), rows)
+        R.write_json(dst, rec)  # the record last: a cell is done only once its predictions are there
+        written.append(dst)
+    return written
 
 
 def time_left(runs: list[dict], tasks: list[str]) -> tuple[float, str] | None:
@@ -177,8 +207,9 @@ def describe_search(search: dict) -> str:
     left = time_left([r for r in runs if r["state"] != "failed"], search["tasks"])
     pairs = len(search["methods"]) * len(search["tasks"])
     return (f"learning-rate search: {len(runs)} runs ({len(search['methods'])} methods x {len(search['tasks'])} "
-            f"tasks, {len(search['grid'])} rates each, widened up to {search['widen']} steps a side; dev only, "
-            f"seed {search['seed']}): {done} done, {len(runs) - done} to run; {len(search['chosen'])} of {pairs} "
+            f"tasks, {len(search['grid'])} rates each, widened up to {search['widen']} steps a side; "
+            + ("chosen on dev, the chosen run kept as the seed's cell" if search.get("reuse") else "dev only")
+            + f", seed {search['seed']}): {done} done, {len(runs) - done} to run; {len(search['chosen'])} of {pairs} "
             "rates chosen" + (f"; about {left[0] / 3600:.1f} h left" if left else ""))
 
 

@@ -442,8 +442,10 @@ def budget_note(cfg) -> str:
 def search_notes(search: dict) -> list[str]:
     """The table's notes on the learning-rate choices (runners/table_plan.py `search_plan`), per task."""
     grid = ", ".join(lr_str(x) for x in search["grid"])
-    out = [f"Learning rate per method and task, chosen on that task's dev split (seed {search['seed']}; no test rows "
-           f"read) by the lowest best dev loss, from [{grid}] widened by the grid's ratio past an edge choice (up to "
+    read = ("the choice reads dev losses only; the chosen rate's run is also the seed's cell" if search.get("reuse")
+            else "no test rows read")
+    out = [f"Learning rate per method and task, chosen on that task's dev split (seed {search['seed']}; {read}) "
+           f"by the lowest best dev loss, from [{grid}] widened by the grid's ratio past an edge choice (up to "
            f"{search['widen']} steps a side); a failed selection run (diverged) counts as an infinite loss:"]
     for task in search["tasks"]:
         for method in search["methods"]:

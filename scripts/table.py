@@ -37,7 +37,16 @@ import subprocess
 import sys
 
 from core.errors import UserError, exit_on_user_error
-from runners.table_plan import SEARCH_DIR, describe, describe_search, grid, lr_str, plan, search_plan
+from runners.table_plan import (
+    SEARCH_DIR,
+    adopt_search_runs,
+    describe,
+    describe_search,
+    grid,
+    lr_str,
+    plan,
+    search_plan,
+)
 from runners.tables import columns, render_table, search_notes, table_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +58,9 @@ OPTIONS = {  # argument: (default, its values: a tuple of the valid ones, or how
     "launcher": (None, "<conf/hydra/launcher name, e.g. slurm>"),
     # render runs of several commits (or a dirty tree) into one table, listing the versions under it
     "allow_mixed_commits": ("false", ("true", "false")),
+    # run only these columns' runs (comma-separated grid tasks; a long grid over several sittings); the table
+    # still renders every column, the missing cells marked
+    "tasks": (None, "<task,task,...>"),
 }
 
 
@@ -67,9 +79,11 @@ def options(argv: list[str]) -> dict[str, str | None]:
 
 def search_overrides(cfg, axes: dict[str, list[str]], method: str, task: str, rates: list[float]) -> list[str]:
     """run.py overrides of one (method, task)'s learning-rate selection runs: the grid's first seed, dev only,
-    cells named <method>-lr<rate> under <results_dir>/lr_search."""
+    cells named <method>-lr<rate> under <results_dir>/lr_search. With `lr_search_reuse` they also score the test
+    split (the chosen one becomes the seed's cell: runners/table_plan.py adopt_search_runs)."""
+    test = [] if cfg.get("lr_search_reuse") else ["runner.eval_test=false"]
     return [f"method={method}", f"runner.lr={','.join(lr_str(x) for x in rates)}", f"task={task}",
-            f"seed={axes['seed'][0]}", "runner.eval_test=false", "runner.zero_shot=false",
+            f"seed={axes['seed'][0]}", *test, "runner.zero_shot=false",
             f"results_dir={os.path.join(cfg.results_dir, SEARCH_DIR)}", "variant=${method.name}-lr${runner.lr}"]
 
 
@@ -95,6 +109,10 @@ def main(argv: list[str]) -> None:
     cfg, axes = grid(experiment, extra)
     columns(cfg, axes["task"])  # a bad `columns` entry fails now, not after the grid has run
     launcher = [f"hydra/launcher={opts['launcher']}"] if opts["launcher"] else []
+    only = opts["tasks"].split(",") if opts["tasks"] else list(axes["task"])
+    if set(only) - set(axes["task"]):
+        raise UserError(f"tasks={opts['tasks']}: {', '.join(sorted(set(only) - set(axes['task'])))} not in the "
+                        f"grid; valid: {', '.join(axes['task'])}")
     search = search_plan(cfg, axes)
     p = plan(cfg, axes)
     if search:
@@ -109,17 +127,21 @@ def main(argv: list[str]) -> None:
                   file=sys.stderr)
 
     for _ in range(2 * search["widen"] + 2 if search and opts["run"] == "true" else 0):  # grid, then widening
-        todo = search_to_run(search)
+        todo = {k: v for k, v in search_to_run(search).items() if k[1] in only}
         if not todo:
             break
         for (method, task), rates in todo.items():
             launch(*search_overrides(cfg, axes, method, task, rates))
         search = search_plan(cfg, axes)
         print(describe_search(search), flush=True)
-    if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"]):
+    if search and opts["run"] == "true":
+        for path in adopt_search_runs(cfg, axes, search):
+            print(f"{os.path.relpath(path, cfg.results_dir)}: the chosen rate's selection run (lr_search_reuse)")
+        p = plan(cfg, axes)
+    if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"] if r["task"] in only):
         if not search:
-            launch()
-        for method, task in itertools.product(axes["method"], axes["task"]) if search else []:
+            launch(*([f"task={','.join(only)}"] if opts["tasks"] else []))
+        for method, task in itertools.product(axes["method"], only) if search else []:
             if (method, task) not in search["chosen"]:  # one multirun over the seeds per (method, task)
                 print(f"error: {method} on {task}: no learning rate chosen (its search runs are not all finished, "
                       "or all failed); its cells are not run", file=sys.stderr)
@@ -131,7 +153,7 @@ def main(argv: list[str]) -> None:
 
     print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
                        allow_mixed_commits=opts["allow_mixed_commits"] == "true"))
-    if any(r["state"] != "done" for r in p["runs"]) and opts["run"] == "true":
+    if any(r["state"] != "done" for r in p["runs"] if r["task"] in only) and opts["run"] == "true":
         raise SystemExit(1)
 
 

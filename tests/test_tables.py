@@ -97,14 +97,14 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
         (folder / "seed0.json").write_text(json.dumps(rec))
     table.main(["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
     out = capsys.readouterr().out
-    assert ("learning-rate search: 42 runs (7 methods x 2 tasks, 3 rates each, widened up to 2 steps a side; dev "
-            "only, seed 0): 0 done, 42 to run; 0 of 14 rates chosen") in out
-    assert "iapt_table1_cpu: 42 runs (7 methods x 2 tasks x 3 seeds): 2 done, 0 failed or corrupt, 40 to run; " \
-           "about 6.7 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out
+    assert ("learning-rate search: 120 runs (8 methods x 5 tasks, 3 rates each, widened up to 2 steps a side; chosen "
+            "on dev, the chosen run kept as the seed's cell, seed 0): 0 done, 120 to run; 0 of 40 rates chosen") in out
+    assert "iapt_table1_cpu: 200 runs (8 methods x 5 tasks x 5 seeds): 2 done, 0 failed or corrupt, 198 to run; " \
+           "about 33.0 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "NOT the paper's setting" in md
-    assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing |" in md
-    assert "| houlsby | missing | missing |" in md
+    assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing | missing | missing | missing |" in md
+    assert "| houlsby | missing | missing | missing | missing | missing |" in md
     assert (tmp_path / "tables" / "iapt_table1_cpu.png").stat().st_size > 0, "the seeds plot beside the table"
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
@@ -146,11 +146,12 @@ def _search_record(root, method: str, lr: str, loss: float, task: str = "sst2", 
     folder = root / "lr_search" / "smollm2-135m" / task / f"{method}-lr{lr}"
     folder.mkdir(parents=True)
     rec = {"schema": 1, "backbone": "smollm2-135m", "task": task, "method": method, "variant": f"{method}-lr{lr}",
-           "cell": f"{method}-lr{lr}", "seed": 0, "status": "ok", "metrics": {}, "dev": {"loss": loss},
+           "cell": f"{method}-lr{lr}", "seed": 0, "status": "ok", "metrics": {"acc": 50.0}, "dev": {"loss": loss},
            "params": {}, "config": {"method": {"name": method}}, "provenance": {}, "wall_time_s": 120.0, "curve": {}}
     if failed:
         rec.update(status="failed", error="FloatingPointError: training loss is nan")
     (folder / ("seed0.failed.json" if failed else "seed0.json")).write_text(json.dumps(rec))
+    (folder / "seed0.predictions.jsonl").write_text(json.dumps({"id": "a", "prediction": "x", "reference": "x"}) + "\n")
 
 
 def test_learning_rate_search_chooses_per_method_and_task_widening_past_an_edge(tmp_path, monkeypatch, capsys):
@@ -182,8 +183,8 @@ def test_learning_rate_search_chooses_per_method_and_task_widening_past_an_edge(
     assert search["next"] == {("iapt", "sst2"): [0.000316]}
     assert search["edge"] == {("lora", "rte"): "on the upper edge after widening 2 steps"}
     assert table_plan.describe_search(search).startswith(
-        "learning-rate search: 45 runs (7 methods x 2 tasks, 3 rates each, widened up to 2 steps a side; dev only, "
-        "seed 0): 15 done, 30 to run; 3 of 14 rates chosen")
+        "learning-rate search: 123 runs (8 methods x 5 tasks, 3 rates each, widened up to 2 steps a side; chosen on "
+        "dev, the chosen run kept as the seed's cell, seed 0): 15 done, 108 to run; 3 of 40 rates chosen")
     notes = tables.search_notes(search)
     assert "lora on sst2: lr 0.003 (best dev loss at each rate: 0.001: 0.300 / 0.003: 0.200 / 0.01: 0.250)" in notes
     assert "parade on rte: lr 0.003 (best dev loss at each rate: 0.001: 0.400 / 0.003: 0.300 / 0.01: diverged)" in notes
@@ -196,22 +197,73 @@ def test_learning_rate_search_chooses_per_method_and_task_widening_past_an_edge(
     with pytest.raises(SystemExit):  # nothing of the table itself finished
         table.main(["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
     common = ["--multirun", "experiment=iapt_table1_cpu", "print_table=false", f"results_dir={runs}"]
-    search_tail = ["seed=0", "runner.eval_test=false", "runner.zero_shot=false", f"results_dir={runs / 'lr_search'}",
+    # lr_search_reuse: the selection runs score the test split (no runner.eval_test=false)
+    search_tail = ["seed=0", "runner.zero_shot=false", f"results_dir={runs / 'lr_search'}",
                    "variant=${method.name}-lr${runner.lr}"]
-    searches = [c for c in calls if "runner.eval_test=false" in c]
+    searches = [c for c in calls if "variant=${method.name}-lr${runner.lr}" in c]
     assert [*common, "method=iapt", "runner.lr=0.000316", "task=sst2", *search_tail] in searches
     assert [*common, "method=houlsby", "runner.lr=0.001,0.003,0.01", "task=rte", *search_tail] in searches
-    cells = [c for c in calls if "runner.eval_test=false" not in c]
+    cells = [c for c in calls if c not in searches]
     assert cells == [[*common, "method=lora", "task=sst2", "runner.lr=0.003"],
                      [*common, "method=lora", "task=rte", "runner.lr=0.1"],
                      [*common, "method=parade", "task=rte", "runner.lr=0.003"]]
     err = capsys.readouterr().err
     assert "error: iapt on sst2: no learning rate chosen" in err
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
-    assert "- Learning rate per method and task, chosen on that task's dev split (seed 0; no test rows read)" in md
-    assert "- Budget: 30 steps x 8 rows, dev loss every 15 steps on 100 dev rows (best restored), test answers by " \
+    assert ("- Learning rate per method and task, chosen on that task's dev split (seed 0; the choice reads dev losses "
+            "only; the chosen rate's run is also the seed's cell)") in md
+    assert "- Budget: 100 steps x 8 rows, dev loss every 25 steps on 64 dev rows (best restored), test answers by " \
            "`likelihood`, the first 200 test rows at most (a task with fewer: all of them)." in md
-    assert "| zero-shot | missing | missing |" in md, "the untrained row of a CPU table"
+
+
+def test_chosen_selection_run_becomes_the_seed_cell_and_tasks_limits_the_runs(tmp_path, monkeypatch, capsys):
+    """lr_search_reuse: once a (method, task)'s search is complete, its chosen run's record (relabelled as the
+    method's cell, naming its source) and predictions become the seed-0 cell, which is then not rerun; a cell
+    that has a record keeps it; a chosen run without test metrics is one line. `tasks=` runs only those
+    columns' searches and cells."""
+    import json
+    import subprocess
+
+    from core.errors import UserError
+    from runners import table_plan
+    from scripts import table
+
+    runs = tmp_path / "runs"
+    for lr, loss in (("0.001", 0.30), ("0.003", 0.20), ("0.01", 0.25)):
+        _search_record(runs, "lora", lr, loss)
+        rec_path = runs / "lr_search" / "smollm2-135m" / "sst2" / f"lora-lr{lr}" / "seed0.json"
+        rec = json.loads(rec_path.read_text())
+        rec["metrics"] = {"acc": 80.0 + loss}
+        rec["config"] = {"method": {"name": "lora"}, "variant": f"lora-lr{lr}", "runner": {"lr": float(lr)}}
+        rec_path.write_text(json.dumps(rec))
+        rec_path.with_name("seed0.predictions.jsonl").write_text(json.dumps({"id": "a", "prediction": lr}) + "\n")
+    cfg, axes = table_plan.grid("iapt_table1_cpu", [f"results_dir={runs}"])
+    search = table_plan.search_plan(cfg, axes)
+    assert search["chosen"] == {("lora", "sst2"): 0.003}
+    cell = runs / "smollm2-135m" / "sst2" / "lora"
+    assert table_plan.adopt_search_runs(cfg, axes, search) == [str(cell / "seed0.json")]
+    rec = json.loads((cell / "seed0.json").read_text())
+    assert (rec["cell"], rec["variant"], rec["config"]["variant"], rec["metrics"]) == ("lora", None, None, {"acc": 80.2})
+    assert rec["provenance"]["from_lr_search"] == "lr_search/smollm2-135m/sst2/lora-lr0.003/seed0.json"
+    assert json.loads((cell / "seed0.predictions.jsonl").read_text())["prediction"] == "0.003"
+    assert table_plan.adopt_search_runs(cfg, axes, search) == [], "a cell with a record keeps it"
+    off, _ = table_plan.grid("iapt_table1_cpu", [f"results_dir={runs}", "lr_search_reuse=false"])
+    (cell / "seed0.json").unlink()
+    assert table_plan.adopt_search_runs(off, axes, search) == [] and not (cell / "seed0.json").exists()
+    dev_only = runs / "lr_search" / "smollm2-135m" / "sst2" / "lora-lr0.003" / "seed0.json"
+    dev_only.write_text(json.dumps({**json.loads(dev_only.read_text()), "metrics": {}}))
+    with pytest.raises(UserError, match="has no test metrics: it was run with runner.eval_test=false"):
+        table_plan.adopt_search_runs(cfg, axes, search)
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd[2:]) or subprocess.CompletedProcess(cmd, 0))
+    with pytest.raises(SystemExit):
+        table.main(["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={tmp_path / 'new'}",
+                    "tasks=cb"])
+    assert calls and all("task=cb" in c for c in calls), calls
+    with pytest.raises(UserError, match="tasks=cb,qnli: qnli not in the grid; valid: sst2, rte, mrpc, cb, mixture"):
+        table.main(["experiment=iapt_table1_cpu", f"results_dir={runs}", "tasks=cb,qnli"])
+    capsys.readouterr()
 
 
 def test_the_untrained_row_is_never_marked_best():
@@ -224,7 +276,8 @@ def test_the_untrained_row_is_never_marked_best():
 
 def test_search_overrides_name_each_cell_after_its_method_and_rate():
     """The search's overrides, composed as run.py composes them: the variant interpolation gives each
-    (method, rate) its own cell, the test split is off, records go under lr_search/."""
+    (method, rate) its own cell, records go under lr_search/; with lr_search_reuse (the CPU table) they score
+    the test split, without it they read no test row."""
     from core.config import compose
     from runners import table_plan
     from runners.results import cell_name
@@ -233,10 +286,11 @@ def test_search_overrides_name_each_cell_after_its_method_and_rate():
     cfg, axes = table_plan.grid("iapt_table1_cpu")
     over = dict(o.split("=", 1) for o in table.search_overrides(cfg, axes, "parade", "rte", [0.003]))
     c = compose(["experiment=iapt_table1_cpu", "method=parade", "runner.lr=0.003", f"task={over['task']}",
-                 f"seed={over['seed']}", "runner.eval_test=false", f"results_dir={over['results_dir']}",
-                 f"variant={over['variant']}"])
-    assert cell_name(c) == "parade-lr0.003" and c.runner.eval_test is False
-    assert c.results_dir == "results/cpu/iapt_table1/lr_search"
+                 f"seed={over['seed']}", f"results_dir={over['results_dir']}", f"variant={over['variant']}"])
+    assert cell_name(c) == "parade-lr0.003" and c.runner.eval_test is True and "runner.eval_test" not in over
+    assert c.results_dir == "results/cpu/iapt_table1_s100/lr_search"
+    cfg, axes = table_plan.grid("iapt_table1_cpu", ["lr_search_reuse=false"])
+    assert "runner.eval_test=false" in table.search_overrides(cfg, axes, "parade", "rte", [0.003])
 
 
 def test_rendered_table_is_logged_to_wandb_offline(tmp_path, monkeypatch):

@@ -281,3 +281,20 @@ def test_init_peft_starts_from_another_runs_weights(tmp_results, tmp_path):
         run_cfg("seed=0", "variant=x", "runner.init_peft=nope.safetensors")
     with pytest.raises(UserError, match="same method on the same backbone"):
         run_cfg("seed=0", "variant=y", "method=iapt", f"runner.init_peft={weights}")
+
+
+def test_length_grouped_batches_are_transformers_sampler_and_deterministic(tmp_results, monkeypatch):
+    """runner.group_by_length=true trains through transformers' LengthGroupedSampler (rows of similar length
+    batched together: less padding, the same rows in another order); the same seed repeats the run exactly."""
+    from transformers import Trainer
+
+    seen, original = [], Trainer._get_train_sampler
+    monkeypatch.setattr(Trainer, "_get_train_sampler",
+                        lambda self, ds=None: seen.append(original(self, ds)) or seen[-1])
+    a = run_cfg("seed=8", "runner.group_by_length=true", "variant=grouped")
+    assert type(seen[-1]).__name__ == "LengthGroupedSampler"
+    b = run_cfg("seed=8", "runner.group_by_length=true", "variant=grouped", "force=true")
+    assert a["curve"] == b["curve"] and a["metrics"] == b["metrics"]
+    assert a["config"]["runner"]["group_by_length"] is True
+    run_cfg("seed=8")
+    assert type(seen[-1]).__name__ == "RandomSampler", "the default is uniformly shuffled batches"
