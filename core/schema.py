@@ -134,6 +134,9 @@ class RunConfig:
     # table experiments: the rendered table's columns, each a grid task (its headline metric) or `task:metric`
     # (another metric of its records, e.g. alpaca:rouge-l); null = the grid's tasks
     columns: list[str] | None = None
+    # table experiments: the columns the Mean column averages, shown whenever set (the CPU Table 1: its four
+    # single tasks, not the mixture); null = every column, shown where the paper's table has a Mean
+    mean_of: list[str] | None = None
     # transfer tables (id-spam.txt Table 6): {test task: its training task}, read by the experiment as
     # task.source=${task_source.${task.name}}; null = every task trains on itself
     task_source: dict[str, str] | None = None

@@ -60,6 +60,7 @@ class TableSpec:
     # only where every task has a result. None: shown when the paper numbers have a Mean (paper_numbers
     # gives one only where the paper averages exactly these tasks); True / False: always / never
     mean: bool | None = None
+    mean_of: list[str] | None = None  # the columns the Mean averages (the CPU Table 1: not its mixture); None: all
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -291,8 +292,8 @@ def _scores(records, spec: TableSpec) -> tuple[dict[tuple[str, str], dict[int, f
 
 
 def _seed_means(scores, spec: TableSpec, cell: str) -> dict[int, float]:
-    """{seed: the mean over the table's tasks} on the seeds where `cell` has every task."""
-    per = [scores.get((t, cell), {}) for t in spec.tasks]
+    """{seed: the mean over the Mean's tasks} on the seeds where `cell` has every one of them."""
+    per = [scores.get((t, cell), {}) for t in spec.mean_of or spec.tasks]
     common = set.intersection(*(set(s) for s in per)) if per else set()
     return {seed: statistics.fmean(s[seed] for s in per) for seed in sorted(common)}
 
@@ -304,13 +305,13 @@ def _mean_rows(spec: TableSpec, rows: list[dict], scores, paper) -> list[dict]:
     by = {(r["task"], r["cell"]): r for r in rows}
     out = []
     ref = _seed_means(scores, spec, spec.proposed)
+    tasks = spec.mean_of or spec.tasks
     for cell in spec.cells:
-        lacking = [t for t in spec.tasks if by[(t, cell)]["n"] == 0]
+        lacking = [t for t in tasks if by[(t, cell)]["n"] == 0]
         seeds = _seed_means(scores, spec, cell)
-        row = {"task": MEAN, "cell": cell, "n": min((by[(t, cell)]["n"] for t in spec.tasks), default=0),
+        row = {"task": MEAN, "cell": cell, "n": min((by[(t, cell)]["n"] for t in tasks), default=0),
                "seeds": ",".join(map(str, seeds)),
-               "median": math.nan if lacking or not spec.tasks else
-               statistics.fmean(by[(t, cell)]["median"] for t in spec.tasks),
+               "median": math.nan if lacking or not tasks else statistics.fmean(by[(t, cell)]["median"] for t in tasks),
                "min": math.nan, "max": math.nan, "paper": paper.get((MEAN, cell), math.nan),
                "problems": f"no result for {', '.join(lacking)}" if lacking else ""}
         row["diff"] = row["median"] - row["paper"]
@@ -404,7 +405,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
                 paper = "" if math.isnan(r.paper) else f"; paper {_fmt(r.paper)}"
                 out.append(f"missing ({r.problems}){paper}")
             else:
-                out.append(f"{_marked(r.median, marks[MEAN].get(cell, ''))} (of {len(spec.tasks)} task medians)"
+                out.append(f"{_marked(r.median, marks[MEAN].get(cell, ''))} (of {len(spec.mean_of or spec.tasks)} "
+                           "task medians)"
                            + _beside(spec, r))
         lines.append(f"| {cell} | " + " | ".join(out) + " |")
     lines += ["", f"Cells: median over seeds (min–max, n). Paired against {spec.proposed} on common seeds: "
@@ -412,7 +414,8 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
               "signed-rank p (3 seeds cannot reach p < 0.25, 5 seeds not p < 0.0625: see the example-level tests "
               "for power)."]
     if mean:
-        lines += [f"{MEAN}: the mean of the cell's task medians (the papers average their per-task numbers), "
+        of = f" over {', '.join(spec.mean_of)}" if spec.mean_of else ""
+        lines += [f"{MEAN}: the mean of the cell's task medians{of} (the papers average their per-task numbers), "
                   "only where every task has a result; paired on the per-seed means over the tasks (the "
                   "seeds that have every task)."]
     lines += [f"- {n}" for n in spec.notes]
@@ -422,12 +425,15 @@ def to_markdown(spec: TableSpec, df: pd.DataFrame) -> str:
 # -- a table experiment: its blocks, notes and files -------------------------------------------------------
 def columns(cfg, tasks: list[str]) -> list[str]:
     """The table's columns: the experiment's `columns` (`task` or `task:metric`, each of a grid task), else
-    the grid's tasks."""
+    the grid's tasks; UserError for a `mean_of` entry that is not one of them."""
     cols = list(cfg.get("columns") or tasks)
     bad = [c for c in cols if column_task(c) not in tasks]
     if bad:
         raise UserError(f"columns {bad} name no task of the grid; its tasks: {', '.join(tasks)} "
                         "(a column is `task` or `task:metric`)")
+    bad = [c for c in cfg.get("mean_of") or [] if c not in cols]
+    if bad:
+        raise UserError(f"mean_of {bad} names no column of the table; its columns: {', '.join(cols)}")
     return cols
 
 
@@ -470,11 +476,9 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
     read from each record's predictions file. Open-ended tasks (answers mostly distinct) are never flagged."""
     out = []
     for r in sorted(records, key=lambda r: (r["task"], r["cell"], int(r["seed"]))):
-        path = r.get("_path", "").replace(".json", ".predictions.jsonl")
-        if r["backbone"] != backbone or r["task"] not in tasks or r["cell"] not in cells or not os.path.exists(path):
+        if r["backbone"] != backbone or r["task"] not in tasks or r["cell"] not in cells:
             continue
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+        rows = _read_predictions(r)
         if not rows:
             continue
         answer, n = Counter(x["prediction"] for x in rows).most_common(1)[0]
@@ -483,6 +487,67 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
         if n / len(rows) >= ONE_ANSWER and gold_top < ONE_ANSWER:
             out.append(f"{r['cell']} {r['task']} seed {r['seed']}: one answer for {100 * n / len(rows):.0f}% of "
                        f"the test rows ('{answer}'; the most frequent gold label covers {100 * gold_top:.0f}%)")
+    return out
+
+
+PLATEAU_P = 0.05  # a run is off the chance plateau when it beats the majority-label rate at this one-sided p
+
+
+def _read_predictions(record: dict) -> list[dict]:
+    path = record.get("_path", "").replace(".json", ".predictions.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def above_majority(rows: list[dict]) -> tuple[int, int, float, float] | None:
+    """(right answers, rows, the majority-label rate, one-sided exact binomial p that the accuracy exceeds it)
+    of a classification run's predictions; the majority is taken per task where ids carry one (`<task>/<id>`:
+    the mixture), so answering each task's commonest label is the baseline. None for open-ended answers."""
+    from scipy.stats import binomtest
+
+    gold = [x["reference"] if isinstance(x["reference"], str) else x["reference"][0] for x in rows]
+    if not rows or len(set(gold)) > 10:
+        return None
+    right = sum(x["prediction"] in ([x["reference"]] if isinstance(x["reference"], str) else x["reference"])
+                for x in rows)
+    groups: dict[str, Counter] = {}
+    for x, g in zip(rows, gold):
+        groups.setdefault(str(x["id"]).split("/", 1)[0] if "/" in str(x["id"]) else "", Counter())[g] += 1
+    rate = sum(c.most_common(1)[0][1] for c in groups.values()) / len(rows)
+    return right, len(rows), rate, float(binomtest(right, len(rows), rate, alternative="greater").pvalue)
+
+
+def plateau_notes(records: list[dict], backbone: str, tasks: list[str], cells: list[str]) -> list[str]:
+    """Per task: for each cell, how many seeds left the chance plateau (`above_majority` at PLATEAU_P) and the
+    median dev-loss curve over its seeds (each evaluation step), so that a cell at chance shows as one."""
+    per: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        if r["backbone"] == backbone and r["task"] in tasks and r["cell"] in cells and r["cell"] != ZERO_SHOT:
+            per.setdefault((r["task"], r["cell"]), []).append(r)
+    out = []
+    for task in tasks:
+        parts, rate = [], None
+        for cell in cells:
+            runs = per.get((task, cell), [])
+            tests = [t for t in (above_majority(_read_predictions(r)) for r in runs) if t]
+            if not tests:
+                continue
+            rate = tests[0][2]
+            steps: dict[int, list[float]] = {}
+            for r in runs:
+                for point in (r.get("curve") or {}).get("dev", []):
+                    steps.setdefault(int(point["step"]), []).append(float(point["dev_loss"]))
+            curve = "→".join(f"{statistics.median(v):.3g}" for _, v in sorted(steps.items()))
+            off = sum(t[3] < PLATEAU_P for t in tests)
+            parts.append(f"{cell} {off}/{len(tests)}" + (f" (dev loss {curve})" if curve else ""))
+        if parts:
+            out.append(f"{task} (majority-label rate {100 * rate:.1f}%): " + "; ".join(parts) + ".")
+    if out:
+        out.insert(0, "Off the chance plateau: seeds whose test accuracy beats the majority-label rate (each task's "
+                      f"own in the mixture) by a one-sided exact binomial test at p < {PLATEAU_P}; the dev-loss curve "
+                      "is the median over seeds at each evaluation step:")
     return out
 
 
@@ -547,10 +612,13 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
         spec = TableSpec(paper=paper, table=number, tasks=columns(cfg, p["tasks"]), cells=cells,
                          proposed=papers()[paper]["proposed"], backbone=backbone, title=title,
                          unavailable=not_public(paper, number),
+                         mean=True if cfg.get("mean_of") else None,
+                         mean_of=list(cfg.mean_of) if cfg.get("mean_of") else None,
                          notes=([budget_note(cfg)] if cpu else []) + list(notes)
                          + one_answer_notes(records, backbone, p["tasks"], cells))
         spec.notes += example_notes(spec, records, [spec.proposed, *(["lora"] if "lora" in cells else [])])
         spec.notes += dependence_notes(records, backbone, p["tasks"], cells)
+        spec.notes += plateau_notes(records, backbone, p["tasks"], cells) if cpu else []
         df, md = render(spec, records, problems, paper_numbers(spec))
         dfs.append(df.assign(backbone=backbone))
         mds.append(md)
@@ -571,13 +639,13 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
 def log_wandb(cfg, experiment: str, df) -> str | None:
     """The rendered table as a `wandb.Table` in a run of its own (job_type table) when the logger is on;
     offline without an API key, as the runs are. Returns the run's folder."""
-    if cfg.logger.name == "none" or cfg.logger.mode == "disabled":
+    from core.tracking import wandb_mode
+
+    mode = wandb_mode(cfg.logger)
+    if mode is None:
         return None
     import wandb
 
-    mode = cfg.logger.mode
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     run = wandb.init(project=cfg.logger.project, name=experiment, job_type="table", mode=mode,
                      dir=os.path.abspath(cfg.logger.dir), reinit="finish_previous")
     run.log({experiment: wandb.Table(dataframe=df.astype(str))})

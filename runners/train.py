@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, TrainingArguments, set_seed
 
 from core.errors import UserError
+from core.tracking import wandb_mode
 from pefts.io import load_peft, save_peft
 from pefts.registry import MethodBuild, build_peft
 from runners import checkpoint as C
@@ -58,7 +59,6 @@ from runners.trainer import (
 from tasks.registry import build_task
 
 log = logging.getLogger(__name__)
-ZERO_SHOT = R.ZERO_SHOT
 
 
 def run(cfg) -> dict:
@@ -235,7 +235,7 @@ def zero_shot(cfg, config: dict, kind: Kind, data: Data, model, tok, device: str
         return None
     if not cfg.runner.eval_test or world()[0] != 0:
         return None
-    path = R.result_path(cfg, ZERO_SHOT, seed=0)
+    path = R.result_path(cfg, R.ZERO_SHOT, seed=0)
     record = R.load_finished(path, config, drop_method=True, force=cfg.force)
     if not record:
         record = _score_untrained(cfg, config, data, model, tok, device, path)
@@ -246,7 +246,7 @@ def zero_shot(cfg, config: dict, kind: Kind, data: Data, model, tok, device: str
 def _score_untrained(cfg, config: dict, data: Data, model, tok, device: str, path: str) -> dict:
     t0, test = time.time(), data.splits["test"]
     preds = predictions(model, tok, data.task, test, cfg.task, cfg.runner, device)
-    record = R.new_record(cfg, config, cell=ZERO_SHOT, status="ok", metrics=data.task.score(preds, test), dev={},
+    record = R.new_record(cfg, config, cell=R.ZERO_SHOT, status="ok", metrics=data.task.score(preds, test), dev={},
                           params={"trainable": 0, "total": sum(p.numel() for p in model.parameters())},
                           provenance=R.provenance(device), wall_time_s=time.time() - t0,
                           curve={"train": [], "dev": []}, split_sizes=data.sizes, protocol=data.task.protocol,
@@ -604,15 +604,11 @@ def _log_curve(log_history: list[dict]) -> list[dict]:
 
 def _wandb_start(cfg, config: dict, cell: str) -> str:
     """Start a W&B run (offline without an API key); returns the Trainer `report_to` value."""
-    if cfg.logger.name == "none" or cfg.logger.mode == "disabled" or world()[0] != 0:  # one W&B run per launch
+    mode = wandb_mode(cfg.logger)
+    if mode is None or world()[0] != 0:  # one W&B run per launch
         return "none"
     import wandb
 
-    mode = cfg.logger.mode
-    if mode not in ("auto", "online", "offline"):
-        raise UserError(f"logger.mode='{mode}' is not one of auto, online, offline, disabled")
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     wandb.init(project=cfg.logger.project, group=f"{cfg.backbone.name}/{cfg.task.name}/{cell}",
                name=f"seed{cfg.seed}", config=config, mode=mode, dir=os.path.abspath(cfg.logger.dir),
                reinit="finish_previous")

@@ -52,6 +52,23 @@ def test_mean_of_task_medians_with_paper_mean_marks_and_missing():
     assert "mean: the mean of the cell's task medians" in md
 
 
+def test_mean_of_averages_the_named_columns_only():
+    """mean_of (the CPU Table 1: its single tasks, not the mixture): the Mean averages those columns alone,
+    and a cell is not missing for lacking another column; a mean_of that names no column is one line."""
+    from core.errors import UserError
+    from runners.tables import columns
+
+    spec = replace(SPEC, mean=True, mean_of=["sst2"])
+    df, md = render(spec, RECORDS, [])
+    mean = df[df.task == MEAN].set_index("cell")
+    assert mean.loc["parade", "median"] == pytest.approx(71.0), "parade lacks rte, which the Mean leaves out"
+    assert mean.loc["lora", "median"] == pytest.approx(87.0) and "(of 1 task medians)" in md
+    assert "mean: the mean of the cell's task medians over sst2 " in md
+    cfg = OmegaConf.create({"columns": None, "mean_of": ["sst2", "mixture"]})
+    with pytest.raises(UserError, match=r"mean_of \['mixture'\] names no column of the table; its columns: sst2, rte"):
+        columns(cfg, ["sst2", "rte"])
+
+
 def test_mean_column_follows_the_paper_unless_the_spec_says():
     df, md = render(SPEC, RECORDS, [], {("sst2", "lora"): 86.0})
     assert MEAN not in set(df.task) and "| mean |" not in md, "no paper Mean: no column by default"

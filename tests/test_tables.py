@@ -266,6 +266,38 @@ def test_chosen_selection_run_becomes_the_seed_cell_and_tasks_limits_the_runs(tm
     capsys.readouterr()
 
 
+def test_plateau_notes_count_seeds_above_the_majority_rate_by_an_exact_binomial_test(tmp_path):
+    """A run is off the chance plateau when its test accuracy beats the majority-label rate (per task in a
+    mixture) at one-sided binomial p < 0.05, computed here directly; the dev-loss curve is the median over
+    seeds at each step."""
+    import json
+
+    from scipy.stats import binomtest
+
+    from runners.tables import above_majority, plateau_notes
+
+    def rows(n_right: int, n: int, prefix: str = "") -> list[dict]:  # gold: 60% 'a', 40% 'b'
+        gold = ["a"] * (6 * n // 10) + ["b"] * (n - 6 * n // 10)
+        return [{"id": f"{prefix}{i}", "reference": [g], "prediction": g if i < n_right else ("b" if g == "a" else "a")}
+                for i, g in enumerate(gold)]
+
+    right, n, rate, p = above_majority(rows(70, 100))
+    assert (right, n, rate) == (70, 100, 0.6) and p == pytest.approx(binomtest(70, 100, 0.6, alternative="greater").pvalue)
+    assert p < 0.05 and above_majority(rows(62, 100))[3] > 0.05
+    mixed = rows(10, 10, "sst2/") + [{"id": f"cb/{i}", "reference": ["x"], "prediction": "x"} for i in range(10)]
+    assert above_majority(mixed)[2] == pytest.approx((6 + 10) / 20), "each task's own majority label"
+    assert above_majority([{"id": str(i), "reference": [f"text {i}"], "prediction": "t"} for i in range(20)]) is None
+    records = []
+    for seed, (k, losses) in enumerate([(75, [2.0, 0.3]), (70, [3.0, 0.2]), (55, [4.0, 0.4])]):
+        path = tmp_path / f"seed{seed}.json"
+        path.with_suffix(".predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(k, 100)))
+        records.append({"backbone": "b", "task": "rte", "cell": "lora", "seed": seed, "_path": str(path),
+                        "curve": {"dev": [{"step": s, "dev_loss": v} for s, v in zip((0, 25), losses)]}})
+    notes = plateau_notes(records, "b", ["rte"], ["lora"])
+    assert notes[1] == "rte (majority-label rate 60.0%): lora 2/3 (dev loss 3→0.3)."
+    assert plateau_notes(records, "b", ["sst2"], ["lora"]) == []
+
+
 def test_the_untrained_row_is_never_marked_best():
     recs = _records() + [{"backbone": "smollm2-135m", "task": "rte", "cell": "zero-shot", "seed": 0,
                           "metrics": {"acc": 99.0}}]

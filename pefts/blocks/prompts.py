@@ -71,7 +71,11 @@ class PromptInserter(nn.Module):
         self.base = None  # first placeholder id (= num_embeddings), set by install
         self._ctx: _Ctx | None = None
         self._gen_width: int | None = None
-        self._strip: torch.Tensor | None = None
+        # the ordinary forward call's logits to give back: `_keep` masks the caller's positions among the
+        # prompted ones [B, L+n]; `_picks` [B, K] indexes, per row, the caller's `logits_to_keep` columns among
+        # the columns projected here (transformers' logits_to_keep path)
+        self._keep: torch.Tensor | None = None
+        self._picks: torch.Tensor | None = None
         self._ids: torch.Tensor | None = None
         self.encoder = False  # set by install: an encoder with a classification head (module docstring)
         self.pad_positions: int | None = None  # RoBERTa: positions count from this pad id
@@ -105,7 +109,7 @@ class PromptInserter(nn.Module):
         ph = ids >= self.base
         past = kwargs.get("past_key_values")
         fresh = past is None or past.get_seq_length() == 0
-        self._strip = None
+        self._keep = self._picks = None
         if bool(ph.any()):  # prepared by our generate: prefill, or every step of uncached decoding
             if self._gen_width is None:
                 raise ValueError(f"input_ids >= {self.base} are soft-prompt placeholders, reserved for generate()")
@@ -126,14 +130,14 @@ class PromptInserter(nn.Module):
             kwargs.update(input_ids=ids, attention_mask=mask2)
             if labels is not None:
                 kwargs["labels"] = labels2
-            self._strip = keep
+            self._keep = keep
             if torch.is_tensor(kwargs.get("logits_to_keep")):  # caller columns -> their columns here, per row
                 src = keep.nonzero()[:, 1].view(keep.shape[0], -1)
-                cols, self._strip = torch.unique(src[:, kwargs["logits_to_keep"]], return_inverse=True)
+                cols, self._picks = torch.unique(src[:, kwargs["logits_to_keep"]], return_inverse=True)
                 kwargs["logits_to_keep"] = cols
                 if kwargs.get("shift_labels") is not None:  # each target at its column's place among `cols`
                     kwargs["shift_labels"] = kwargs["shift_labels"].new_full((ids.shape[0], len(cols)), -100).scatter(
-                        1, self._strip, kwargs["shift_labels"])
+                        1, self._picks, kwargs["shift_labels"])
         self._ctx = _Ctx(ph, instr)
         return (), kwargs
 
@@ -149,10 +153,10 @@ class PromptInserter(nn.Module):
 
     def _model_post(self, module, args, kwargs, output):
         self._ctx = None
-        keep, self._strip = self._strip, None
+        keep, picks, self._keep, self._picks = self._keep, self._picks, None, None
         logits = getattr(output, "logits", None)
-        if keep is not None and logits is not None and keep.dtype != torch.bool:  # logits_to_keep: [B, K] picks
-            output.logits = logits.gather(1, keep[..., None].expand(-1, -1, logits.shape[-1]))
+        if picks is not None and logits is not None:  # logits_to_keep: each row's caller columns
+            output.logits = logits.gather(1, picks[..., None].expand(-1, -1, logits.shape[-1]))
         elif keep is not None and logits is not None and logits.shape[1] == keep.shape[1]:
             output.logits = logits[keep].view(keep.shape[0], keep.shape[1] - self.n, logits.shape[-1])
         return output

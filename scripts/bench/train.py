@@ -129,7 +129,7 @@ def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str,
     trainer.add_callback(timer)  # last: its on_step_end comes after the method's own callbacks
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
-    batches = list(_first_batches(trainer, o.steps * trainer.args.gradient_accumulation_steps))
+    batches = _first_batches(trainer, o.steps * trainer.args.gradient_accumulation_steps)
 
     used = o.steps * trainer.args.gradient_accumulation_steps
 
@@ -144,12 +144,9 @@ def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str,
     return cell, batches
 
 
-def _first_batches(trainer, n: int):
-    loader = trainer.get_train_dataloader()
-    for i, batch in enumerate(loader):
-        if i >= n:
-            return
-        yield {k: v for k, v in batch.items()}
+def _first_batches(trainer, n: int) -> list[dict]:
+    """The first `n` batches of the Trainer's own dataloader (its sampler, collator and seed), as plain dicts."""
+    return [dict(batch) for batch in itertools.islice(trainer.get_train_dataloader(), n)]
 
 
 def loop_cell(o: Options, task: str, dtype: str, positions: str, dev: str, batches: list) -> Cell:
