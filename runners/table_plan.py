@@ -98,7 +98,7 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
     runs (as `plan`'s), dev losses, and choices; None without `lr_grid`. A choice is the rate of the lowest
     best dev loss (a tie: the smaller rate) once every tried rate has finished; when it lies on an edge of
     the tried rates, the grid is widened by one step of its own ratio past that edge (`next`: the rates to
-    run), up to `lr_widen` steps a side. A failed selection run (a diverged rate, e.g. a
+    run), up to `lr_widen` steps a side; `records`: the finished selection runs' records. A failed selection run (a diverged rate, e.g. a
     NaN loss) counts as an infinite loss, so a rate beside a divergence is interior. `edge` names the choices
     that stayed on an edge after all widening."""
     if not cfg.get("lr_grid"):
@@ -112,7 +112,7 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
     widen = int(cfg.lr_widen)
     seed = int(axes["seed"][0])
     root = os.path.join(cfg.results_dir, SEARCH_DIR)
-    runs, losses, chosen, nxt, edge, failed = [], {}, {}, {}, {}, {}
+    runs, losses, chosen, nxt, edge, failed, records = [], {}, {}, {}, {}, {}, []
     for task, method in itertools.product(axes["task"], axes["method"]):
         key = (method, task)
         rates = sorted(set(grid_rates) | _tried_rates(root, cfg.backbone.name, task, method, seed))
@@ -121,6 +121,7 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
             cell = f"{method}-lr{lr_str(lr)}"
             state, wall, rec = run_state(R.run_path(root, cfg.backbone.name, task, cell, seed))
             if state == "done":
+                records.append(rec)
                 loss = float(rec["dev"]["loss"])
                 losses.setdefault(key, {})[lr] = loss if math.isfinite(loss) else math.inf
             elif state == "failed":
@@ -152,7 +153,7 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
                   "wall": None} for lr in lrs]
     return {"runs": runs, "losses": losses, "chosen": chosen, "next": nxt, "edge": edge, "failed": failed,
             "tasks": list(axes["task"]), "methods": list(axes["method"]), "seed": seed, "grid": grid_rates,
-            "widen": widen, "reuse": bool(cfg.get("lr_search_reuse"))}
+            "widen": widen, "reuse": bool(cfg.get("lr_search_reuse")), "records": records}
 
 
 def adopt_search_runs(cfg, axes: dict[str, list[str]], search: dict) -> list[str]:
@@ -185,15 +186,16 @@ def adopt_search_runs(cfg, axes: dict[str, list[str]], search: dict) -> list[str
     return written
 
 
-def time_left(runs: list[dict], tasks: list[str]) -> tuple[float, str] | None:
-    """(seconds, basis) that the runs not done yet take at the median wall time of the finished ones: each
-    task's own median where it has finished runs (RTE's prompts are longer), the others' at the median of
-    all; basis names the medians ("sst2 3 min, rte 7 min"). None when nothing is left or nothing finished."""
-    walls = [r["wall"] for r in runs if r["wall"]]  # read once, by plan() / search_plan()
+def time_left(runs: list[dict], tasks: list[str], timed: list[dict] = ()) -> tuple[float, str] | None:
+    """(seconds, basis) that the runs not done yet take at the median wall time of the finished ones (and of
+    `timed`, e.g. the learning-rate search's runs, which train alike): each task's own median where it has
+    finished runs (RTE's prompts are longer), the others' at the median of all; basis names the medians
+    ("sst2 3 min, rte 7 min"). None when nothing is left or nothing finished."""
+    finished = [r for r in [*runs, *timed] if r["wall"]]  # read once, by plan() / search_plan()
+    walls = [r["wall"] for r in finished]
     if not walls or all(r["state"] == "done" for r in runs):
         return None
-    per = {t: statistics.median(w) for t in tasks
-           if (w := [r["wall"] for r in runs if r["wall"] and r["task"] == t])}
+    per = {t: statistics.median(w) for t in tasks if (w := [r["wall"] for r in finished if r["task"] == t])}
     secs = sum(per.get(r["task"], statistics.median(walls)) for r in runs if r["state"] != "done")
     basis = ", ".join(f"{t} {m / 60:.0f} min" for t, m in per.items())
     if len(per) < len(tasks):
@@ -213,10 +215,15 @@ def describe_search(search: dict) -> str:
             "rates chosen" + (f"; about {left[0] / 3600:.1f} h left" if left else ""))
 
 
-def describe(experiment: str, p: dict) -> str:
+def describe(experiment: str, p: dict, search: dict | None = None) -> str:
+    """The plan's one line: counts, and the wall time left. With a search (`search_plan`), its runs' wall
+    times count too, and under `lr_search_reuse` the search seed's cells are left out of the time (the
+    search's chosen runs become them)."""
     runs = p["runs"]
     count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
-    left = time_left(runs, p["tasks"])
+    adopted = search["seed"] if search and search.get("reuse") else None
+    left = time_left([r for r in runs if r["seed"] != adopted or r["state"] == "done"], p["tasks"],
+                     search["runs"] if search else [])
     est = (f"about {left[0] / 3600:.1f} h left at the median wall time of the finished runs ({left[1]})" if left
            else "nothing left to run" if count["done"] == len(runs)
            else "no finished run yet to estimate the time from")

@@ -559,11 +559,12 @@ def code_version(record: dict) -> str:
 
 
 def commit_notes(records: list[dict], backbones: list[str], tasks: list[str], cells: list[str],
-                 allow_mixed: bool) -> list[str]:
-    """One code version per table: the runs it shows must share one commit (and tree state); otherwise
-    UserError naming the versions and their runs, unless `allow_mixed` (allow_mixed_commits=true), which
-    lists them under the table instead."""
+                 allow_mixed: bool, search_records: list[dict] = ()) -> list[str]:
+    """One code version per table: the runs it shows and the learning-rate search that chose their rates
+    (`search_records`) must share one commit (and tree state); otherwise UserError naming the versions and
+    their runs, unless `allow_mixed` (allow_mixed_commits=true), which lists them under the table instead."""
     shown = [r for r in records if r["backbone"] in backbones and r["task"] in tasks and r["cell"] in cells]
+    shown += list(search_records)
     versions = Counter(code_version(r) for r in shown)
     if len(versions) <= 1:
         return [f"Code version: {next(iter(versions))} (every run; +changes: uncommitted changes to tracked "
@@ -592,7 +593,7 @@ def dependence_notes(records: list[dict], backbone: str, tasks: list[str], cells
 
 
 def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None,
-                 allow_mixed_commits: bool = False) -> str:
+                 allow_mixed_commits: bool = False, search_records: list[dict] = ()) -> str:
     """A table experiment's table from its plan (runners/table_plan.py `plan`), a block per backbone beside
     the paper's numbers, written to <out_dir>/<experiment>.{md,csv} and logged to W&B when the logger is on.
     `plot(records, tasks, cells, out, title=, backbone=)` draws each block's seeds beside it (scripts.table
@@ -604,7 +605,7 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     records, problems = scan(cfg.results_dir)
     cells = p["cells"] + ([ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
     notes = commit_notes(records, p.get("backbones") or [cfg.backbone.name], p["tasks"], cells,
-                         allow_mixed_commits) + list(notes)
+                         allow_mixed_commits, search_records) + list(notes)
     dfs, mds = [], []
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (

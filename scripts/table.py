@@ -117,7 +117,7 @@ def main(argv: list[str]) -> None:
     p = plan(cfg, axes)
     if search:
         print(describe_search(search), flush=True)
-    print(describe(experiment, p), flush=True)
+    print(describe(experiment, p, search), flush=True)
 
     def launch(*overrides: str) -> None:
         res = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--multirun", f"experiment={experiment}",
@@ -148,11 +148,12 @@ def main(argv: list[str]) -> None:
             elif any(r["state"] != "done" for r in p["runs"] if (r["cell"], r["task"]) == (method, task)):
                 launch(f"method={method}", f"task={task}", f"runner.lr={lr_str(search['chosen'][method, task])}")
         p = plan(cfg, axes)
-        print(describe(experiment, p))
+        print(describe(experiment, p, search))
     from scripts.figures import plot_seeds
 
     print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
-                       allow_mixed_commits=opts["allow_mixed_commits"] == "true"))
+                       allow_mixed_commits=opts["allow_mixed_commits"] == "true",
+                       search_records=search["records"] if search else []))
     if any(r["state"] != "done" for r in p["runs"] if r["task"] in only) and opts["run"] == "true":
         raise SystemExit(1)
 

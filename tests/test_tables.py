@@ -100,7 +100,7 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert ("learning-rate search: 120 runs (8 methods x 5 tasks, 3 rates each, widened up to 2 steps a side; chosen "
             "on dev, the chosen run kept as the seed's cell, seed 0): 0 done, 120 to run; 0 of 40 rates chosen") in out
     assert "iapt_table1_cpu: 200 runs (8 methods x 5 tasks x 5 seeds): 2 done, 0 failed or corrupt, 198 to run; " \
-           "about 33.0 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out
+           "about 26.7 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out, out
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "NOT the paper's setting" in md
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing | missing | missing | missing |" in md
@@ -138,6 +138,21 @@ def test_a_table_of_several_commits_is_refused_then_rendered_with_the_flag(tmp_p
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "MIXED CODE VERSIONS (allow_mixed_commits=true): aaaaaaa (2 runs), bbbbbbb+changes (1 run)." in md
     capsys.readouterr()
+
+
+def test_the_learning_rate_search_must_share_the_tables_commit():
+    """The selection runs that chose a table's rates count in its one-commit check."""
+    from core.errors import UserError
+    from runners.tables import commit_notes
+
+    def rec(cell, commit):
+        return {"backbone": "b", "task": "sst2", "cell": cell, "provenance": {"git_commit": commit, "git_dirty": False}}
+
+    cells = [rec("lora", "a" * 40), rec("iapt", "a" * 40)]
+    assert commit_notes(cells, ["b"], ["sst2"], ["lora", "iapt"], False, [rec("lora-lr0.001", "a" * 40)]) == [
+        "Code version: aaaaaaa (every run; +changes: uncommitted changes to tracked files)."]
+    with pytest.raises(UserError, match=r"3 runs come from 2 code version\(s\): aaaaaaa \(2 runs\), bbbbbbb \(1 run\)"):
+        commit_notes(cells, ["b"], ["sst2"], ["lora", "iapt"], False, [rec("lora-lr0.001", "b" * 40)])
 
 
 def _search_record(root, method: str, lr: str, loss: float, task: str = "sst2", failed: bool = False) -> None:
