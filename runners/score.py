@@ -25,6 +25,7 @@ the task being scored; otherwise (rows carry no task) the id check above is what
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import sys
@@ -200,6 +201,21 @@ def score_file(overrides: list[str], predictions: str) -> dict:
     return metrics
 
 
+def predictions_of(record: dict) -> list[dict] | None:
+    """The rows of the predictions file beside a run record (`record["_path"]`, as runners/aggregate.py `scan`
+    gives it); None without the file. Read once per file version: a table's notes and tests each ask."""
+    path = record.get("_path", "")
+    path = path[: -len(".json")] + PREDICTIONS_SUFFIX if path.endswith(".json") else ""
+    if not os.path.isfile(path):
+        return None
+    return _read_cached(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_cached(path: str, mtime_ns: int) -> list[dict]:
+    return read_predictions(path)
+
+
 def example_scores(record: dict, metric: str = "acc") -> dict[str, float] | None:
     """{example id: `metric` of that test example alone} (accuracy: 100 or 0) from the predictions file beside
     a run record (`record["_path"]`, as runners/aggregate.py `scan` gives it), scored by the record's task
@@ -209,16 +225,16 @@ def example_scores(record: dict, metric: str = "acc") -> dict[str, float] | None
     from tasks.base import Example
     from tasks.registry import TASKS
 
-    path = record.get("_path", "")
-    path = path[: -len(".json")] + PREDICTIONS_SUFFIX if path.endswith(".json") else ""
-    if not os.path.isfile(path):
+    rows = predictions_of(record)
+    if rows is None:
         return None
+    path = record["_path"][: -len(".json")] + PREDICTIONS_SUFFIX
     entry = TASKS.get(record["task"])
     fields = set(OmegaConf.structured(entry.schema))
     task = entry.obj(OmegaConf.merge(OmegaConf.structured(entry.schema),
                                      {k: v for k, v in (record.get("config") or {}).get("task", {}).items() if k in fields}))
     out = {}
-    for n, r in enumerate(read_predictions(path), 1):
+    for n, r in enumerate(rows, 1):
         refs = references_of(r, path, n)
         example = Example(id=str(r["id"]), query="", response=refs[0] if refs else "", references=refs,
                           label=r.get("label"))

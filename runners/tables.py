@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import math
 import os
 import re
@@ -31,6 +30,7 @@ import pandas as pd
 
 from core.errors import UserError
 from runners.results import ZERO_SHOT, atomic_write_text
+from runners.score import example_scores, predictions_of
 from runners.table_plan import lr_str
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,8 +114,6 @@ def example_notes(spec: TableSpec, records: list[dict], against: list[str], metr
     """The table's example-level paired tests (`paired_examples`) of every cell against each cell of `against`
     (the proposed method and LoRA), per column, on `metric` per test example (runners/score.py
     `example_scores`); columns or runs without per-example scores are left out and said so."""
-    from runners.score import example_scores
-
     per: dict[tuple[str, str], dict[int, dict[str, float]]] = {}
     lacking = set()
     for r in records:
@@ -478,7 +476,7 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
     for r in sorted(records, key=lambda r: (r["task"], r["cell"], int(r["seed"]))):
         if r["backbone"] != backbone or r["task"] not in tasks or r["cell"] not in cells:
             continue
-        rows = _read_predictions(r)
+        rows = predictions_of(r) or []
         if not rows:
             continue
         answer, n = Counter(x["prediction"] for x in rows).most_common(1)[0]
@@ -491,14 +489,6 @@ def one_answer_notes(records: list[dict], backbone: str, tasks: list[str], cells
 
 
 PLATEAU_P = 0.05  # a run is off the chance plateau when it beats the majority-label rate at this one-sided p
-
-
-def _read_predictions(record: dict) -> list[dict]:
-    path = record.get("_path", "").replace(".json", ".predictions.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def above_majority(rows: list[dict]) -> tuple[int, int, float, float] | None:
@@ -531,7 +521,7 @@ def plateau_notes(records: list[dict], backbone: str, tasks: list[str], cells: l
         parts, rate = [], None
         for cell in cells:
             runs = per.get((task, cell), [])
-            tests = [t for t in (above_majority(_read_predictions(r)) for r in runs) if t]
+            tests = [t for t in (above_majority(predictions_of(r) or []) for r in runs) if t]
             if not tests:
                 continue
             rate = tests[0][2]
