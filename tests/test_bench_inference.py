@@ -257,6 +257,56 @@ def test_attention_pool_of_projected_equals_pool_after_projection():
         assert torch.equal(got[2], torch.zeros_like(got[2]))
 
 
+def test_rational_by_powers_equals_the_horner_form_inside_and_beyond_the_bound():
+    """The inference evaluation (one Vandermonde matrix and one matmul) is eq. 3 with its linear continuation,
+    up to float rounding, for one activation and for per-row coefficients (the tenant path)."""
+    from pefts.blocks.activations import Rational, bounded_rational, rational_by_powers, rational_matrix
+
+    g = torch.Generator().manual_seed(3)
+    acts = [Rational() for _ in range(3)]
+    with torch.no_grad():
+        for r in acts[1:]:
+            r.numerator.add_(0.02 * torch.randn(7, generator=g))
+            r.denominator.add_(0.02 * torch.randn(5, generator=g))
+    x = torch.cat([torch.linspace(-12, 12, 481), torch.tensor([-1e4, -8.0, 8.0, 1e4])]).double()
+    for r in acts:
+        a, b = r.numerator.detach().double(), r.denominator.detach().double()
+        v, s, _ = r._constants(torch.float64, "cpu", a, b)
+        want = bounded_rational(x, a, b, r.bound, v.detach(), s.detach())
+        got = rational_by_powers(x, rational_matrix(a, b), r.bound, s.detach())
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+        with torch.no_grad():
+            infer = r(x.float())
+        torch.testing.assert_close(infer, r(x.float()).detach(), atol=1e-6, rtol=1e-5)  # vs training's Horner
+    rows = torch.stack([x[:100], x[100:200], x[200:300]]).float()  # row k with acts[k]'s coefficients
+    pq = torch.stack([rational_matrix(r.numerator.detach(), r.denominator.detach()) for r in acts])
+    s = torch.stack([r._constants(torch.float32, "cpu", r.numerator, r.denominator)[1].detach() for r in acts])
+    got = rational_by_powers(rows, pq, 8.0, s.t().reshape(2, 3, 1))
+    with torch.no_grad():
+        want = torch.stack([r(row) for r, row in zip(acts, rows)])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_attention_pool_ignores_masked_states_bit_for_bit_and_survives_non_finite_ones():
+    """Inference pools without zeroing a copy of x: any finite values at masked positions give exactly the
+    zeroed result; a non-finite one (0 x inf = NaN) is caught and the pool recomputed on the zeroed states."""
+    from pefts.blocks.poolers import pool_projected
+
+    g = torch.Generator().manual_seed(5)
+    w, q, b = torch.randn(16, 24, generator=g), torch.randn(16, 4, generator=g), torch.randn(16, generator=g)
+    x = torch.randn(3, 9, 24, generator=g)
+    m = torch.ones(3, 9, dtype=torch.bool)
+    m[0, :4] = False
+    m[1, 0] = False
+    zeroed = pool_projected(x.masked_fill(~m[..., None], 0.0), m, w, q, b)
+    for fill in (1e30, -7.0, float("inf"), float("nan")):
+        garbage = x.masked_fill(~m[..., None], fill)
+        assert torch.equal(pool_projected(garbage, m, w, q, b), zeroed), fill
+    m[2] = False  # a row without instruction tokens pools to zeros
+    got = pool_projected(x, m, w, q, b)
+    assert torch.equal(got[2], torch.zeros_like(got[2])) and torch.equal(got[:2], zeroed[:2])
+
+
 def test_inference_paths_of_the_generators_equal_the_training_paths():
     from pefts.blocks.generators import GeneratorBank
 
@@ -289,7 +339,9 @@ def test_per_batch_caches_follow_their_inputs():
         r.numerator.add_(0.01)  # in place: the cached edge values must not survive
         got = r(x)
     fresh = Rational(r.numerator.tolist(), r.denominator.tolist())
-    torch.testing.assert_close(got, fresh(x).detach(), atol=0, rtol=0)
+    with torch.no_grad():  # the same (inference) path, edges computed anew
+        want = fresh(x)
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
     bank = GeneratorBank(2, 1, in_dim=8, bottleneck=4, out_dim=8, n_tokens=2, pool_skip_first=True)
     mask = torch.ones(2, 5, dtype=torch.bool)
     h = torch.randn(2, 5, 8)

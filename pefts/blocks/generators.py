@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from pefts.blocks.activations import Rational, bounded_rational, make_activation
+from pefts.blocks.activations import Rational, make_activation, rational_by_powers
 from pefts.blocks.poolers import AttentionPooler, make_pooler, pool_projected
 
 INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
@@ -158,22 +158,16 @@ class Generator(nn.Module):
 
 
 def _rational_rows(x: torch.Tensor, acts: Sequence[Rational], rows) -> torch.Tensor:
-    """`Rational.forward` of x [B, ...] with row b's coefficients from acts[bank of row b] (`rows` maps
-    per-bank stacked tensors to rows [B, K]): `bounded_rational` with the coefficients laid out per row."""
+    """`Rational.forward` of x [B, ...] at inference with row b's coefficients from acts[bank of row b] (`rows`
+    maps per-bank stacked tensors to rows): `rational_by_powers` with one coefficient matrix per row."""
     a0 = acts[0]
     ct = torch.promote_types(x.dtype, torch.float32)
-    per_row = (x.shape[0],) + (1,) * (x.dim() - 1)
-
-    def lay(ts):  # per-bank [K] -> [K, B, 1, ...]
-        t = rows(ts)
-        return t.t().reshape(t.shape[1], *per_row)
-
-    num, den = lay([r.numerator.to(ct) for r in acts]), lay([r.denominator.to(ct) for r in acts])
-    v = s = None
+    consts = [r._constants(ct, x.device, r.numerator.to(ct), r.denominator.to(ct)) for r in acts]
+    pq, s = rows([c[2] for c in consts]), None  # [B, K, 2]
     if a0.bound is not None:
-        edges = [r._edges(ct, x.device, r.numerator.to(ct), r.denominator.to(ct)) for r in acts]
-        v, s = lay([e[0] for e in edges]), lay([e[1] for e in edges])
-    return bounded_rational(x.to(ct), num, den, a0.bound, v, s).to(x.dtype)
+        s = rows([c[1] for c in consts])  # [B, 2]
+        s = s.t().reshape(2, x.shape[0], *(1,) * (x.dim() - 1))
+    return rational_by_powers(x.to(ct), pq, a0.bound, s).to(x.dtype)
 
 
 def _iapt_structure(gens: Sequence[Generator]) -> bool:
@@ -199,8 +193,7 @@ def _iapt_rows(gens: Sequence[Generator], x: torch.Tensor, pool_mask: torch.Tens
     g0 = gens[0]
     dt = g0.down.weight.dtype
     x = x.to(dt)
-    x0, m = x.masked_fill(~pool_mask.bool()[..., None], 0.0), pool_mask.bool()
-    z = pool_projected(x0, m, rows([g.down.weight for g in gens]), rows([g.pooler.weight for g in gens]).to(dt),
+    z = pool_projected(x, pool_mask.bool(), rows([g.down.weight for g in gens]), rows([g.pooler.weight for g in gens]).to(dt),
                        rows([g.down.bias for g in gens]) if g0.down.bias is not None else None)  # [B, l_sp, m]
     if type(g0.activation) is Rational:
         z = _rational_rows(z, [g.activation for g in gens], rows)

@@ -118,8 +118,9 @@ class AttentionPooler(nn.Module):
 
     def pool_projected(self, x: torch.Tensor, mask: torch.Tensor, down: nn.Linear) -> torch.Tensor:
         """`self(down(x), mask)` without projecting every token (IAPT's inference path; `pool_projected`)."""
-        x, m = _prepare(x, mask)
-        return pool_projected(x, m, down.weight.to(x.dtype), self.weight.to(x.dtype),
+        assert x.dim() == 3 and mask.shape == x.shape[:2], (
+            f"pooler input must be [B, T, d] with mask [B, T], got {tuple(x.shape)} and {tuple(mask.shape)}")
+        return pool_projected(x, mask.bool(), down.weight.to(x.dtype), self.weight.to(x.dtype),
                               None if down.bias is None else down.bias.to(x.dtype))
 
 
@@ -128,16 +129,34 @@ def pool_projected(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, q: torch.T
     """`AttentionPooler` after a down-projection h = x W^T + b, without projecting every token: the scores
     are h W_sa = x (W^T W_sa) + b W_sa and the pool is A^T h = (A^T x) W^T + (sum_t A_t) b, so the
     [T, in] x [in, m] projection of all tokens becomes [in, m] x [m, l_sp] plus l_sp projected vectors.
-    x [B, T, in] with padded positions zeroed, m [B, T] bool; w [m, in], q (W_sa) [m, l_sp], b [m] for one
-    generator, or [B, m, in], [B, m, l_sp], [B, m] with row b's own (the tenant-per-row path): one
-    implementation for both. Equal to the plain path up to float rounding (reassociated sums); padded
-    positions get weight exactly 0; a row without any instruction token gives zeros (sum_t A_t = 0)."""
+    x [B, T, in], m [B, T] bool; w [m, in], q (W_sa) [m, l_sp], b [m] for one generator, or [B, m, in],
+    [B, m, l_sp], [B, m] with row b's own (the tenant-per-row path): one implementation for both. Equal to
+    the plain path up to float rounding (reassociated sums); positions outside `m` get weight exactly 0; a
+    row without any instruction token gives zeros (sum_t A_t = 0).
+
+    Inference runs it once per layer at prefill, so it avoids whole-[B, T, in] passes where the result is
+    the same bit for bit: the scores of masked positions are overwritten, not computed from a zeroed copy of
+    x; the weights are multiplied by the mask only when some row has no instruction token (elsewhere the
+    softmax already gives masked positions exactly exp(finfo.min - max) = 0); and x's masked positions are
+    zeroed (so that 0 x NaN cannot reach the pool) only when the pool came out non-finite, on CPU, where
+    that check costs no device sync; other devices always zero them."""
+    keep = m[..., None]
+    cpu = x.device.type == "cpu"
+    if not cpu:
+        x = x.masked_fill(~keep, 0.0)
     wq = q.transpose(-1, -2) @ w  # [(B,) l_sp, in] = (W^T W_sa)^T
     u = x @ wq.transpose(-1, -2)  # [B, T, l_sp]
     if b is not None:
         u = u + b.unsqueeze(-2) @ q  # [(B,) 1, l_sp]
-    a = masked_softmax(u, m[..., None], dim=1)  # over tokens
-    p = (a.transpose(1, 2) @ x) @ w.transpose(-1, -2)  # [B, l_sp, m]
+    u = u.masked_fill_(~keep, torch.finfo(u.dtype).min)
+    a = torch.softmax(u, dim=1)  # over tokens
+    if not cpu or not bool(m.any(1).all()):
+        a = a * keep.to(a.dtype)  # rows without instruction tokens: zeros
+    at = a.transpose(1, 2)
+    p = at @ x
+    if cpu and not bool(p.sum().isfinite()):  # a non-finite state at a masked position (0 x inf = NaN)
+        p = at @ x.masked_fill(~keep, 0.0)
+    p = p @ w.transpose(-1, -2)  # [B, l_sp, m]
     if b is not None:
         p = p + a.sum(1)[..., None] * b.unsqueeze(-2)
     return p
