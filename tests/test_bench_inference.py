@@ -316,7 +316,11 @@ def test_inference_paths_of_the_generators_equal_the_training_paths():
     for kw in (dict(pooler="attention", activation="rational", pool_skip_first=True, bottleneck=16, out_dim=32,
                     n_tokens=4, share_every=2),  # IAPT
                dict(pooler="capsule", activation="gelu", bottleneck=12, out_dim=40, n_tokens=1, share_every=1,
-                    init="zero_up_ones_bias", init_dist="uniform", down_bias=False)):  # PARADE
+                    init="zero_up_ones_bias", init_dist="uniform", down_bias=False),  # PARADE
+               dict(pooler="self_attention", pool_first=True, activation="relu", out_activation="relu",
+                    bottleneck=6, out_dim=32, n_tokens=3, share_every=1, down_bias=False),  # ID-SPAM
+               dict(pooler="self_attention", pooler_kwargs=dict(bias=True), pool_first=True, activation="gelu",
+                    bottleneck=6, out_dim=32, n_tokens=3, share_every=1)):  # with every bias
         bank = GeneratorBank(3, in_dim=32, **kw)
         with torch.no_grad():
             for p in bank.parameters():
@@ -359,13 +363,15 @@ _CAPSULE = dict(num_capsules=4, routing_iters=1, routing_init="attention")
 @pytest.mark.parametrize("kw", [dict(activation="rational", pool_skip_first=True),  # IAPT: stacked matmuls
                                 dict(activation="gelu", tie_up_down=True, out_dim=32),
                                 dict(activation="relu", down_bias=False),
-                                # the others under torch.func.vmap: PARADE, PARA, ID-SPAM
+                                # the others under torch.func.vmap: PARADE, PARA
                                 dict(pooler="capsule", pooler_kwargs=_CAPSULE, n_tokens=1, activation="gelu",
                                      down_bias=False, init="zero_up_ones_bias", init_dist="uniform"),
                                 dict(pooler="last", pool_first=True, n_tokens=1, activation="gelu",
                                      init="zero_up_ones_bias"),
                                 dict(pooler="self_attention", pool_first=True, n_tokens=10, activation="relu",
-                                     out_activation="relu", down_bias=False)])
+                                     out_activation="relu", down_bias=False),  # ID-SPAM: batched matmuls
+                                dict(pooler="self_attention", pooler_kwargs=dict(bias=True), pool_first=True,
+                                     n_tokens=2, activation="gelu")])
 def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
     from pefts.blocks.generators import GeneratorBank
 
@@ -388,6 +394,10 @@ def test_tenant_banks_in_one_batched_pass_equal_one_call_each(kw):
         want = torch.cat([banks[int(b)](1, x[i:i + 1], mask[i:i + 1]) for i, b in enumerate(of_row)])
     assert got is not None
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    if kw["pooler"] == "self_attention":  # ID-SPAM's batched matmuls, not the vmap fallback
+        from pefts.blocks.generators import _idspam_structure
+
+        assert _idspam_structure([b.generator(1) for b in banks])
     assert GeneratorBank.forward_rows(banks, 1, x, mask, of_row) is None  # training keeps the plain loop
 
 

@@ -27,7 +27,13 @@ import torch
 from torch import nn
 
 from pefts.blocks.activations import Rational, make_activation, rational_by_powers
-from pefts.blocks.poolers import AttentionPooler, make_pooler, pool_projected
+from pefts.blocks.poolers import (
+    AttentionPooler,
+    SelfAttentionMeanPooler,
+    make_pooler,
+    pool_projected,
+    self_attention_mean,
+)
 
 INIT_MODES = ("default", "zero_up", "small_normal", "zero_up_ones_bias")
 
@@ -141,10 +147,15 @@ class Generator(nn.Module):
         sink whose massive activations otherwise dominate the pool) is left out of the pooler's mask.
         pool_mask: that pooling mask when the caller has it already (`skip_first_mask(mask)`; GeneratorBank
         builds it once for all its layers). Without autograd, down -> attention pooler runs as the
-        attention pooler's `pool_projected` (the same function, reassociated; see there)."""
+        attention pooler's `pool_projected`, and ID-SPAM's self-attention pooler as `self_attention_mean` (the
+        same functions, reassociated; see there)."""
         if pool_mask is None:
             pool_mask = self.skip_first_mask(mask) if self.skip_first else mask
-        if self.pool_first:
+        if self.pool_first and not torch.is_grad_enabled() and type(self.pooler) is SelfAttentionMeanPooler:
+            a = self.pooler
+            z = self.down(self_attention_mean(x, pool_mask.bool(), a.q.weight, a.q.bias, a.k.weight, a.k.bias,
+                                              a.v.weight, a.v.bias, a.scale))
+        elif self.pool_first:
             z = self.down(self.pooler(x, pool_mask))
         elif (not torch.is_grad_enabled() and isinstance(self.pooler, AttentionPooler)
               and type(self.down) is nn.Linear):
@@ -184,7 +195,7 @@ def _iapt_structure(gens: Sequence[Generator]) -> bool:
     if act is Rational:
         return len({(g.activation.bound, g.activation.numerator.numel(), g.activation.denominator.numel())
                     for g in gens}) == 1
-    return act is nn.ReLU or (act is nn.GELU and len({g.activation.approximate for g in gens}) == 1)
+    return _same_elementwise([g.activation for g in gens])
 
 
 def _iapt_rows(gens: Sequence[Generator], x: torch.Tensor, pool_mask: torch.Tensor, rows) -> torch.Tensor:
@@ -203,6 +214,56 @@ def _iapt_rows(gens: Sequence[Generator], x: torch.Tensor, pool_mask: torch.Tens
     y = torch.bmm(z, wu.transpose(1, 2))
     if g0.up.bias is not None:
         y = y + rows([g.up.bias for g in gens])[:, None, :]
+    if g0.out_activation is not None:
+        y = g0.out_activation(y)
+    return y.reshape(x.shape[0], g0.n_tokens, g0.out_dim)
+
+
+def _same_elementwise(acts: Sequence[nn.Module]) -> bool:
+    """Whether all activations are the same parameter-free ReLU or GELU (the batched paths apply the first)."""
+    t = type(acts[0])
+    return all(type(a) is t for a in acts) and (
+        t is nn.ReLU or (t is nn.GELU and len({a.approximate for a in acts}) == 1))
+
+
+def _idspam_structure(gens: Sequence[Generator]) -> bool:
+    """Whether all tenants' generators have ID-SPAM's structure with equal settings (`_idspam_rows`)."""
+    g0 = gens[0]
+
+    def biases(g):
+        a = g.pooler
+        return tuple(m.bias is None for m in (a.q, a.k, a.v, g.down, g.up))
+
+    return all(type(g) is Generator and g.pool_first and type(g.pooler) is SelfAttentionMeanPooler
+               and type(g.down) is nn.Linear and type(g.up) is nn.Linear and biases(g) == biases(g0)
+               and g.pooler.scale == g0.pooler.scale and g.skip_first == g0.skip_first
+               and g.n_tokens == g0.n_tokens and g.out_dim == g0.out_dim for g in gens) and (
+        _same_elementwise([g.activation for g in gens])
+        and (all(g.out_activation is None for g in gens) or _same_elementwise([g.out_activation for g in gens])))
+
+
+def _idspam_rows(gens: Sequence[Generator], x: torch.Tensor, pool_mask: torch.Tensor, rows) -> torch.Tensor:
+    """ID-SPAM's generator with row b's own weights: `self_attention_mean` with per-row matrices, then the
+    down- and up-projections as batched matmuls (instead of `torch.func.vmap` over rows)."""
+    g0 = gens[0]
+    x = x.to(g0.down.weight.dtype)
+
+    def w(get):
+        return rows([get(g).weight for g in gens])
+
+    def b(get):
+        return None if get(g0).bias is None else rows([get(g).bias for g in gens])
+
+    def linear(h, get):
+        y = h @ w(get).transpose(1, 2)
+        bias = b(get)
+        return y if bias is None else y + bias[:, None, :]
+
+    a = g0.pooler
+    pooled = self_attention_mean(x, pool_mask.bool(), w(lambda g: g.pooler.q), b(lambda g: g.pooler.q),
+                                 w(lambda g: g.pooler.k), b(lambda g: g.pooler.k), w(lambda g: g.pooler.v),
+                                 b(lambda g: g.pooler.v), a.scale)  # [B, 1, in]
+    y = linear(g0.activation(linear(pooled, lambda g: g.down)), lambda g: g.up)
     if g0.out_activation is not None:
         y = g0.out_activation(y)
     return y.reshape(x.shape[0], g0.n_tokens, g0.out_dim)
@@ -387,7 +448,8 @@ class GeneratorBank(nn.Module):
         """Row b of `x` through `banks[bank_of_row[b]]` (several tenants' banks of one method) in one batched
         pass instead of one call per bank. Inference only (None with autograd on, and the caller loops).
         IAPT's structure (down: Linear, attention pooler after it, rational / GELU / ReLU, up: Linear or tied)
-        runs as batched matmuls over the tenants' stacked weights (`_iapt_rows`); any other generator whose
+        runs as batched matmuls over the tenants' stacked weights (`_iapt_rows`), and so does ID-SPAM's
+        (self-attention pooler first, `_idspam_rows`); any other generator whose
         tenants share one structure runs under `torch.func.vmap` over rows with each row's own parameters
         (`_vmap_rows`); None when the tenants' generators differ in structure. `cache`: a dict kept for one
         batch (the injector's per-call state): the per-row stacks are built once per batch for tensors that
@@ -412,6 +474,8 @@ class GeneratorBank(nn.Module):
         pool_mask = banks[0]._pool_mask(mask) if gens[0].skip_first else mask
         if _iapt_structure(gens):
             return _iapt_rows(gens, x, pool_mask, rows)
+        if _idspam_structure(gens):
+            return _idspam_rows(gens, x, pool_mask, rows)
         return _vmap_rows(gens, x, mask, pool_mask, rows)
 
     def num_parameters(self, trainable_only: bool = False) -> int:

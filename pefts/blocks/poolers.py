@@ -271,6 +271,28 @@ class SelfAttentionMeanPooler(nn.Module):
         return ((out * m[..., None].to(out.dtype)).sum(dim=1) / count)[:, None, :]  # mean over queries
 
 
+def self_attention_mean(x: torch.Tensor, m: torch.Tensor, wq: torch.Tensor, bq: torch.Tensor | None, wk: torch.Tensor,
+                        bk: torch.Tensor | None, wv: torch.Tensor, bv: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """`SelfAttentionMeanPooler` for inference, with the mean over queries taken before the value projection:
+    mean_t (A (E W_V^T + b_V))_t = (w E) W_V^T + (sum_j w_j) b_V with w = the mean of A's instruction rows,
+    so the values of every token are never projected (a third of the pooler's matmul work; equal up to float
+    rounding). Weights [out, in] and biases [out] for one pooler, or [B, out, in] and [B, out] with row b's own
+    (the tenant-per-row path): one implementation for both. x [B, T, d], m [B, T] bool -> [B, 1, out_dim]."""
+    keep = m[..., None]
+    x = x.masked_fill(~keep, 0.0)
+
+    def linear(w, b):
+        y = x @ w.transpose(-1, -2)
+        return y if b is None else y + b.unsqueeze(-2)
+
+    scores = linear(wq, bq) @ linear(wk, bk).transpose(1, 2) * scale  # [B, T(query), T(key)]
+    att = masked_softmax(scores, m[:, None, :], dim=-1)  # keys: instruction tokens only
+    count = m.sum(dim=1, keepdim=True).clamp(min=1).to(att.dtype)  # [B, 1]
+    w = (att * keep.to(att.dtype)).sum(dim=1, keepdim=True) / count[..., None]  # [B, 1, T]: mean over queries
+    out = (w @ x) @ wv.transpose(-1, -2)  # [B, 1, out_dim]
+    return out if bv is None else out + w.sum(-1, keepdim=True) * bv.unsqueeze(-2)
+
+
 _POOLERS = {
     "attention": AttentionPooler,
     "capsule": CapsulePooler,
