@@ -355,6 +355,16 @@ def test_per_batch_caches_follow_their_inputs():
         got = bank(1, h, mask)
         want = bank.generators[1](h, mask, Generator.skip_first_mask(mask))
     assert torch.equal(got, want)
+    # every layer's projected queries, computed once per batch per group of layers: equal to each layer's own,
+    # and computed anew after an in-place write to a weight (same mask tensor)
+    bank = GeneratorBank(4, 2, in_dim=8, bottleneck=4, out_dim=8, n_tokens=2)
+    with torch.no_grad():
+        for layer in range(4):
+            torch.testing.assert_close(bank(layer, h, mask), bank.generators[layer](h, mask), atol=1e-6, rtol=1e-5)
+        bank.generators[2].down.weight.mul_(3.0)  # shared by layers 2 and 3
+        bank.generators[3].pooler.weight.add_(0.5)
+        for layer in (2, 3):
+            torch.testing.assert_close(bank(layer, h, mask), bank.generators[layer](h, mask), atol=1e-6, rtol=1e-5)
 
 
 _CAPSULE = dict(num_capsules=4, routing_iters=1, routing_init="attention")

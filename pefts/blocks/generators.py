@@ -32,6 +32,7 @@ from pefts.blocks.poolers import (
     SelfAttentionMeanPooler,
     make_pooler,
     pool_projected,
+    projected_queries,
     self_attention_mean,
 )
 
@@ -141,14 +142,16 @@ class Generator(nn.Module):
         drop = torch.zeros_like(mask).scatter_(1, first[:, None], True) & several[:, None]
         return mask & ~drop
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, pool_mask: torch.Tensor | None = None,
+                queries: tuple | None = None) -> torch.Tensor:
         """x: [B, T, in_dim] hidden states, mask: [B, T] (1 at instruction tokens) -> [B, n_tokens, out_dim].
         skip_first: the first instruction token of each row (BOS / a chat template's start, the attention
         sink whose massive activations otherwise dominate the pool) is left out of the pooler's mask.
         pool_mask: that pooling mask when the caller has it already (`skip_first_mask(mask)`; GeneratorBank
         builds it once for all its layers). Without autograd, down -> attention pooler runs as the
         attention pooler's `pool_projected`, and ID-SPAM's self-attention pooler as `self_attention_mean` (the
-        same functions, reassociated; see there)."""
+        same functions, reassociated; see there); `queries`: the attention pooler's `projected_queries` when
+        the caller has them (GeneratorBank computes every layer's at once, per batch)."""
         if pool_mask is None:
             pool_mask = self.skip_first_mask(mask) if self.skip_first else mask
         if self.pool_first and not torch.is_grad_enabled() and type(self.pooler) is SelfAttentionMeanPooler:
@@ -159,7 +162,7 @@ class Generator(nn.Module):
             z = self.down(self.pooler(x, pool_mask))
         elif (not torch.is_grad_enabled() and isinstance(self.pooler, AttentionPooler)
               and type(self.down) is nn.Linear):
-            z = self.pooler.pool_projected(x, pool_mask, self.down)
+            z = self.pooler.pool_projected(x, pool_mask, self.down, queries)
         else:
             z = self.pooler(self.down(x), pool_mask)
         y = self.up(self.activation(z))
@@ -410,6 +413,8 @@ class GeneratorBank(nn.Module):
             gens.append(Generator(down, pool, act, up, pool_first, n_tokens, out_act, skip_first=pool_skip_first))
         self.generators = nn.ModuleList(gens)
         self._mask_cache = None  # (mask, its version, pooling mask): `_pool_mask`
+        self._queries_cache = None  # (mask, (its version, weights' versions), {position: projected queries})
+        self._query_tensors = None  # `_query_params`
 
     @property
     def num_groups(self) -> int:
@@ -428,8 +433,46 @@ class GeneratorBank(nn.Module):
         return self.generators[self._pos(layer_idx)]
 
     def forward(self, layer_idx: int, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        gen = self.generators[self._pos(layer_idx)]
-        return gen(x, mask, self._pool_mask(mask) if gen.skip_first else mask)
+        pos = self._pos(layer_idx)
+        gen = self.generators[pos]
+        queries = None if torch.is_grad_enabled() else self._queries(mask).get(pos)
+        return gen(x, mask, self._pool_mask(mask) if gen.skip_first else mask, queries)
+
+    def _query_params(self) -> list[torch.Tensor]:
+        """The tensors `_queries` reads (the poolers' W_sa, MLP_down's weight and bias), listed once."""
+        if self._query_tensors is None:
+            self._query_tensors = [t for g in self.generators for t in (g.pooler.weight if type(g.pooler) is AttentionPooler
+                                   else None, getattr(g.down, "weight", None), getattr(g.down, "bias", None))
+                                   if t is not None]
+        return self._query_tensors
+
+    def _queries(self, mask: torch.Tensor) -> dict:
+        """Without autograd: every attention-pooling layer's `projected_queries` (they depend on the weights
+        alone), one matmul per group of layers sharing MLP_down instead of two small ones per layer at every
+        prefill (issue #28). Kept for one batch, like `_pool_mask`: the injector passes one mask tensor to all
+        layers of a backbone call and a new one to the next call; a direct caller that reuses a mask tensor
+        gets them anew after any in-place write to the weights that bumps a version counter (optimizer steps,
+        load_state_dict), not after a `.data` write."""
+        w0 = self.generators[0].down.weight
+        versions = (w0.dtype, w0.device, *(p._version for p in self._query_params()))
+        c = self._queries_cache
+        if c is not None and c[0] is mask and c[1] == (mask._version, versions):
+            return c[2]
+        out = {}
+        for start in range(0, self.num_layers, self.share_every):
+            gens = self.generators[start:start + self.share_every]
+            down = gens[0].down
+            if not all(type(g.pooler) is AttentionPooler and not g.pool_first and g.down is down
+                       and type(down) is nn.Linear for g in gens):
+                continue
+            q = torch.cat([g.pooler.weight for g in gens], 1)  # [m, L_s * l_sp]: the group's query columns
+            wq, bq = projected_queries(down.weight, q, down.bias)
+            n = [g.pooler.weight.shape[1] for g in gens]
+            for k, w_k, b_k in zip(range(start, start + len(gens)), wq.split(n, 0),
+                                   bq.split(n, -1) if bq is not None else [None] * len(gens)):
+                out[k] = (w_k, b_k)
+        self._queries_cache = (mask, (mask._version, versions), out)
+        return out
 
     def _pool_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """`Generator.skip_first_mask(mask)`, built once per batch: the injector passes the same mask

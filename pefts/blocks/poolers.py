@@ -116,16 +116,25 @@ class AttentionPooler(nn.Module):
         a = masked_softmax(u, m[..., None], dim=1)  # over tokens
         return a.transpose(1, 2) @ x  # [B, l_sp, m]
 
-    def pool_projected(self, x: torch.Tensor, mask: torch.Tensor, down: nn.Linear) -> torch.Tensor:
-        """`self(down(x), mask)` without projecting every token (IAPT's inference path; `pool_projected`)."""
+    def pool_projected(self, x: torch.Tensor, mask: torch.Tensor, down: nn.Linear,
+                       queries: tuple | None = None) -> torch.Tensor:
+        """`self(down(x), mask)` without projecting every token (IAPT's inference path; `pool_projected`).
+        queries: `projected_queries(down, self)` when the caller has them (computed for several layers at once)."""
         assert x.dim() == 3 and mask.shape == x.shape[:2], (
             f"pooler input must be [B, T, d] with mask [B, T], got {tuple(x.shape)} and {tuple(mask.shape)}")
         return pool_projected(x, mask.bool(), down.weight.to(x.dtype), self.weight.to(x.dtype),
-                              None if down.bias is None else down.bias.to(x.dtype))
+                              None if down.bias is None else down.bias.to(x.dtype), queries)
+
+
+def projected_queries(w: torch.Tensor, q: torch.Tensor, b: torch.Tensor | None) -> tuple:
+    """((W^T W_sa)^T [(B,) l_sp, in], b W_sa [(B,) 1, l_sp] or None): what `pool_projected` needs of the weights
+    alone. The query columns of several poolers that share one W (IAPT's L_s layers) may be concatenated in q
+    and the result split, one matmul for all of them (`GeneratorBank`, once per batch)."""
+    return q.transpose(-1, -2) @ w, None if b is None else b.unsqueeze(-2) @ q
 
 
 def pool_projected(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, q: torch.Tensor,
-                   b: torch.Tensor | None) -> torch.Tensor:
+                   b: torch.Tensor | None, queries: tuple | None = None) -> torch.Tensor:
     """`AttentionPooler` after a down-projection h = x W^T + b, without projecting every token: the scores
     are h W_sa = x (W^T W_sa) + b W_sa and the pool is A^T h = (A^T x) W^T + (sum_t A_t) b, so the
     [T, in] x [in, m] projection of all tokens becomes [in, m] x [m, l_sp] plus l_sp projected vectors.
@@ -139,15 +148,17 @@ def pool_projected(x: torch.Tensor, m: torch.Tensor, w: torch.Tensor, q: torch.T
     x; the weights are multiplied by the mask only when some row has no instruction token (elsewhere the
     softmax already gives masked positions exactly exp(finfo.min - max) = 0); and x's masked positions are
     zeroed (so that 0 x NaN cannot reach the pool) only when the pool came out non-finite, on CPU, where
-    that check costs no device sync; other devices always zero them."""
+    that check costs no device sync; other devices always zero them. queries: `projected_queries(w, q, b)`
+    when the caller has them."""
     keep = m[..., None]
     cpu = x.device.type == "cpu"
     if not cpu:
         x = x.masked_fill(~keep, 0.0)
-    wq = q.transpose(-1, -2) @ w  # [(B,) l_sp, in] = (W^T W_sa)^T
+    wq, bq = projected_queries(w, q, b) if queries is None else (queries[0].to(x.dtype),
+                                                                 None if queries[1] is None else queries[1].to(x.dtype))
     u = x @ wq.transpose(-1, -2)  # [B, T, l_sp]
-    if b is not None:
-        u = u + b.unsqueeze(-2) @ q  # [(B,) 1, l_sp]
+    if bq is not None:
+        u = u + bq
     u = u.masked_fill_(~keep, torch.finfo(u.dtype).min)
     a = torch.softmax(u, dim=1)  # over tokens
     if not cpu or not bool(m.any(1).all()):
