@@ -137,6 +137,9 @@ class RunConfig:
     # table experiments: the columns the Mean column averages, shown whenever set (the CPU Table 1: its four
     # single tasks, not the mixture); null = every column, shown where the paper's table has a Mean
     mean_of: list[str] | None = None
+    # table experiments: relative wall time of one run per task ({sst2: 1, rte: 2.5}), for the plan's time estimate
+    # of a task that has no finished run yet (measured ones use their own median); null = the median of all
+    task_cost: dict[str, float] | None = None
     # transfer tables (id-spam.txt Table 6): {test task: its training task}, read by the experiment as
     # task.source=${task_source.${task.name}}; null = every task trains on itself
     task_source: dict[str, str] | None = None

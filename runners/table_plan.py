@@ -69,7 +69,8 @@ def plan(cfg, axes: dict[str, list[str]]) -> dict:
         path = R.run_path(cfg.results_dir, backbone, task, cell, seed)
         state, wall, _ = run_state(path)
         runs.append({"backbone": backbone, "cell": cell, "task": task, "seed": int(seed), "path": path, "state": state, "wall": wall})
-    return {"runs": runs, "cells": cells, "tasks": axes["task"], "backbones": backbones}
+    return {"runs": runs, "cells": cells, "tasks": axes["task"], "backbones": backbones,
+            "task_cost": dict(cfg.get("task_cost") or {})}
 
 
 def lr_str(lr) -> str:
@@ -153,7 +154,8 @@ def search_plan(cfg, axes: dict[str, list[str]]) -> dict | None:
                   "wall": None} for lr in lrs]
     return {"runs": runs, "losses": losses, "chosen": chosen, "next": nxt, "edge": edge, "failed": failed,
             "tasks": list(axes["task"]), "methods": list(axes["method"]), "seed": seed, "grid": grid_rates,
-            "widen": widen, "reuse": bool(cfg.get("lr_search_reuse")), "records": records}
+            "widen": widen, "reuse": bool(cfg.get("lr_search_reuse")), "records": records,
+            "task_cost": dict(cfg.get("task_cost") or {})}
 
 
 def adopt_search_runs(cfg, axes: dict[str, list[str]], search: dict) -> list[str]:
@@ -186,27 +188,35 @@ def adopt_search_runs(cfg, axes: dict[str, list[str]], search: dict) -> list[str
     return written
 
 
-def time_left(runs: list[dict], tasks: list[str], timed: list[dict] = ()) -> tuple[float, str] | None:
+def time_left(runs: list[dict], tasks: list[str], timed: list[dict] = (),
+              cost: dict[str, float] | None = None) -> tuple[float, str] | None:
     """(seconds, basis) that the runs not done yet take at the median wall time of the finished ones (and of
     `timed`, e.g. the learning-rate search's runs, which train alike): each task's own median where it has
-    finished runs (RTE's prompts are longer), the others' at the median of all; basis names the medians
-    ("sst2 3 min, rte 7 min"). None when nothing is left or nothing finished."""
+    finished runs (RTE's prompts are longer); a task without one at the others' medians scaled by `cost` (the
+    experiment's `task_cost`: relative wall time of a run per task) when it names both, else at the median of
+    all; basis names the medians ("sst2 3 min, rte 7 min"). None when nothing is left or nothing finished."""
     finished = [r for r in [*runs, *timed] if r["wall"]]  # read once, by plan() / search_plan()
     walls = [r["wall"] for r in finished]
     if not walls or all(r["state"] == "done" for r in runs):
         return None
     per = {t: statistics.median(w) for t in tasks if (w := [r["wall"] for r in finished if r["task"] == t])}
-    secs = sum(per.get(r["task"], statistics.median(walls)) for r in runs if r["state"] != "done")
+    cost = cost or {}
+    units = [m / cost[t] for t, m in per.items() if cost.get(t)]  # seconds per unit of cost, per measured task
+    scaled = {t: statistics.median(units) * cost[t] for t in tasks if t not in per and cost.get(t) and units}
+    fallback = statistics.median(walls)
+    secs = sum(per.get(r["task"], scaled.get(r["task"], fallback)) for r in runs if r["state"] != "done")
     basis = ", ".join(f"{t} {m / 60:.0f} min" for t, m in per.items())
-    if len(per) < len(tasks):
-        basis += f"; others at the median {statistics.median(walls) / 60:.0f} min"
+    if scaled:
+        basis += "; " + ", ".join(f"{t} ~{m / 60:.0f} min" for t, m in scaled.items()) + " (task_cost)"
+    if len(per) + len(scaled) < len(tasks):
+        basis += f"; others at the median {fallback / 60:.0f} min"
     return secs, basis
 
 
 def describe_search(search: dict) -> str:
     runs = search["runs"]
     done = sum(r["state"] in ("done", "failed") for r in runs)
-    left = time_left([r for r in runs if r["state"] != "failed"], search["tasks"])
+    left = time_left([r for r in runs if r["state"] != "failed"], search["tasks"], cost=search.get("task_cost"))
     pairs = len(search["methods"]) * len(search["tasks"])
     return (f"learning-rate search: {len(runs)} runs ({len(search['methods'])} methods x {len(search['tasks'])} "
             f"tasks, {len(search['grid'])} rates each, widened up to {search['widen']} steps a side; "
@@ -223,7 +233,7 @@ def describe(experiment: str, p: dict, search: dict | None = None) -> str:
     count = {s: sum(r["state"] == s for r in runs) for s in ("done", "failed", "corrupt", "to run")}
     adopted = search["seed"] if search and search.get("reuse") else None
     left = time_left([r for r in runs if r["seed"] != adopted or r["state"] == "done"], p["tasks"],
-                     search["runs"] if search else [])
+                     search["runs"] if search else [], cost=p.get("task_cost"))
     est = (f"about {left[0] / 3600:.1f} h left at the median wall time of the finished runs ({left[1]})" if left
            else "nothing left to run" if count["done"] == len(runs)
            else "no finished run yet to estimate the time from")

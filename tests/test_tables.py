@@ -79,6 +79,20 @@ def test_paired_statistics():
     assert one["n_pairs"] == 1 and math.isnan(one["p_wilcoxon"])
 
 
+def test_time_left_uses_each_tasks_median_then_the_task_cost_then_the_median_of_all():
+    from runners.table_plan import time_left
+
+    def run(task, state="to run", wall=None):
+        return {"task": task, "state": state, "wall": wall}
+
+    runs = [run("a", "done", 60.0), run("a", "done", 120.0), run("a"), run("b"), run("b"), run("c")]
+    secs, basis = time_left(runs, ["a", "b", "c"], cost={"a": 1.0, "b": 3.0})
+    assert secs == 90.0 + 2 * 270.0 + 90.0  # a: its median; b: a's median x 3; c: no cost, the median of all
+    assert basis == "a 2 min; b ~4 min (task_cost); others at the median 2 min"
+    assert time_left(runs, ["a", "b", "c"]) == (4 * 90.0, "a 2 min; others at the median 2 min")
+    assert time_left([run("a", "done", 60.0)], ["a"]) is None  # nothing left
+
+
 def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     """scripts/table.py on the CPU Table 1 grid with two hand-made records: the plan counts them, the
     table shows them beside IAPT Table 1's numbers, and a bad experiment name is one line."""
@@ -100,7 +114,8 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert ("learning-rate search: 120 runs (8 methods x 5 tasks, 3 rates each, widened up to 2 steps a side; chosen "
             "on dev, the chosen run kept as the seed's cell, seed 0): 0 done, 120 to run; 0 of 40 rates chosen") in out
     assert "iapt_table1_cpu: 200 runs (8 methods x 5 tasks x 5 seeds): 2 done, 0 failed or corrupt, 198 to run; " \
-           "about 26.7 h left at the median wall time of the finished runs (sst2 10 min; others at the median 10 min)" in out, out
+           "about 54.9 h left at the median wall time of the finished runs (sst2 10 min; rte ~25 min, mrpc ~21 min, " \
+           "cb ~27 min, mixture ~20 min (task_cost))" in out, out  # 32 runs a task: 32 x 10 min x (1 + 2.5 + 2.1 + 2.7 + 2)
     md = (tmp_path / "tables" / "iapt_table1_cpu.md").read_text()
     assert "NOT the paper's setting" in md
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing | missing | missing | missing |" in md
