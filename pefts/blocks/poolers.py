@@ -21,11 +21,16 @@ import torch
 from torch import nn
 
 
-def _prepare(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check shapes; return (x with padded positions zeroed, boolean mask [B, T])."""
+def _check(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Check shapes; return the boolean mask [B, T]."""
     assert x.dim() == 3, f"pooler input must be [B, T, d], got shape {tuple(x.shape)}"
     assert mask.shape == x.shape[:2], f"mask must be [B, T] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
-    m = mask.bool()
+    return mask.bool()
+
+
+def _prepare(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check shapes; return (x with padded positions zeroed, boolean mask [B, T])."""
+    m = _check(x, mask)
     return x.masked_fill(~m[..., None], 0.0), m
 
 
@@ -57,8 +62,7 @@ class MeanPooler(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, m = _prepare(x, mask)
-        return mean_pool(x, m)[:, None, :]
+        return mean_pool(x, _check(x, mask))[:, None, :]  # mean_pool zeroes the masked positions itself
 
 
 class MaxPooler(nn.Module):
@@ -71,7 +75,7 @@ class MaxPooler(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, m = _prepare(x, mask)
+        m = _check(x, mask)  # masked positions are overwritten with the minimum (no zeroed copy first)
         out = x.masked_fill(~m[..., None], torch.finfo(x.dtype).min).amax(dim=1)
         return torch.where(m.any(dim=1, keepdim=True), out, torch.zeros_like(out))[:, None, :]
 
@@ -88,7 +92,8 @@ class LastTokenPooler(nn.Module):
         self.out_dim = dim
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x, m = _prepare(x, mask)
+        # no zeroed copy of x: the gathered position is an instruction token (or the row's output is zeros)
+        m = _check(x, mask)
         pos = torch.arange(x.shape[1], device=x.device).expand_as(m)
         last = torch.where(m, pos, -1).amax(dim=1)  # [B], -1 for an empty row
         out = x[torch.arange(x.shape[0], device=x.device), last.clamp(min=0)]
