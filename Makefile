@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/python run.py
 
-.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train gpu-check clean
+.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train bench-prefill gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -72,6 +72,9 @@ bench-tenants: $(STAMP)  ## B = 1, 4, 16, 64 mixed-tenant rows -> results/bench/
 
 bench-stream: $(STAMP)  ## Poisson request stream from N = 1, 16, 256 tenants -> results/bench/stream.{json,md}
 	$(BIN)/python -m scripts.bench stream $(BENCH_ARGS)
+
+bench-prefill: $(STAMP)  ## time to first token split into inserted positions, hooks and generators -> results/bench/prefill.{json,md}
+	$(BIN)/python -m scripts.bench prefill $(BENCH_ARGS)
 
 bench-train: $(STAMP)  ## training throughput: the harness's step per method/task/dtype vs an independent loop -> results/bench/train.{json,md}
 	$(BIN)/python -m scripts.bench train $(BENCH_ARGS)

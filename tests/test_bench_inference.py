@@ -201,6 +201,35 @@ def test_stream_end_to_end(tmp_path):
     assert "| 4 | iapt |" in md
 
 
+def test_prefill_end_to_end_and_its_cached_generators_change_no_token(tmp_path, tiny):
+    """The prefill split runs end to end (B = 1 by default), and the `cached` variant it times generates what the
+    method generates (answer_from_cache removes the generator's compute, nothing else)."""
+    from scripts.bench.common import build_method, gen_kwargs
+    from scripts.bench.prefill import answer_from_cache, lengthened
+
+    data, md, paths = _run(tmp_path, "prefill", "batches=1")
+    assert paths[1].endswith("prefill_tiny_quick.md") and set(data["results"]) == {"B1"}
+    cells = data["results"]["B1"]
+    assert list(cells) == DEFAULT_METHODS["prefill"]
+    for m in ("iapt", "idspam"):  # soft prompts: all three parts
+        assert all(_is_summary(cells[m][k]) for k in ("total", "positions", "hooks", "generators"))
+    assert "positions" not in cells["para"] and _is_summary(cells["para"]["generators"])  # scaling: no positions
+    assert "| 1 | iapt |" in md
+    o, model, tok = tiny
+    ids, mask = _rows(tok, o, [5, 7])  # left-padded
+    kw = gen_kwargs(tok, 3, 1)
+    for m in ("iapt", "para"):
+        real, cached = build_method(m, model, o), build_method(m, model, o)
+        answer_from_cache(cached)
+        with torch.no_grad():
+            want = real.generate(input_ids=ids, attention_mask=mask, **kw)
+            cached.generate(input_ids=ids, attention_mask=mask, **kw)  # fills the cache
+            assert torch.equal(cached.generate(input_ids=ids, attention_mask=mask, **kw), want)
+    longer, lmask = lengthened(ids[1:], mask[1:], 2)
+    row = ids[1].tolist()
+    assert longer.tolist() == [row[:1] + row[1:3] + row[1:]] and lmask.sum() == 9
+
+
 def test_stream_is_fixed_seed_poisson():
     a = make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)
     assert a == make_stream(list(range(100)), 50, 16, rate=10.0, seed=3)

@@ -1,7 +1,7 @@
 """The benchmarks' entry point: parse `<mode> key=value ...`, run the mode's benchmark, render its record,
 write it (JSON + markdown, and a figure where the mode has one) and print the markdown.
 
-    python -m scripts.bench table4|tenants|stream|train key=value ...    # options: scripts/bench/options.py
+    python -m scripts.bench table4|tenants|stream|train|prefill key=value ...    # options: scripts/bench/options.py
 
 A new benchmark: a module with run_<mode>(o) -> dict, its render (and plot) in render.py, its mode in
 options.MODES and an entry in BENCHMARKS below.
@@ -18,6 +18,7 @@ from core.errors import exit_on_user_error
 from scripts.bench import render
 from scripts.bench.common import write
 from scripts.bench.options import Options, device_and_dtype, parse, stem
+from scripts.bench.prefill import run_prefill
 from scripts.bench.stream import run_stream
 from scripts.bench.table4 import run_table4
 from scripts.bench.tenants import run_tenants
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "tenants": (run_tenants, render.render_tenants, render.plot_tenants),
     "stream": (run_stream, render.render_stream, None),
     "train": (run_train, render.render_train, None),
+    "prefill": (run_prefill, render.render_prefill, None),
 }
 
 

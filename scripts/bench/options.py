@@ -1,7 +1,7 @@
 """The benchmarks' command line: `<mode> key=value ...` parsed into Options, validated (bad input: one line,
 exit 2), and the output file stem.
 
-    python -m scripts.bench table4|tenants|stream key=value ...
+    python -m scripts.bench table4|tenants|stream|train|prefill key=value ...
 
 Options (key=value; lists comma-separated): backbone= (conf/backbone), methods= (bare = the backbone alone,
 the limit; default bare,lora,ia3_proj,iapt,parade,para,idspam, tenants/stream:
@@ -23,6 +23,9 @@ loss_positions= (labelled; also all: runner.loss_positions of each cell),
 steps= (optimizer steps per cell and round, 4), rounds= (5), warmup= (3), loop= (true: the independent minimal
 LoRA loop), max_seq_len= (256), train_rows= (2000: runner.max_train_examples, the rows the
 batches are drawn from), data_root= (../shared/data or $HARNESS_DATA).
+
+Prefill mode (scripts/bench/prefill.py): time to first token split into inserted positions, hooks and
+generators; methods= (default bare,iapt,parade,para,idspam), batches= (1 unless given), rounds=, warmup=.
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ import torch
 from core.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODES = ("table4", "tenants", "stream", "train")  # one benchmark module each; scripts/bench/__main__.py BENCHMARKS
+MODES = ("table4", "tenants", "stream", "train", "prefill")  # one benchmark module each; scripts/bench/__main__.py BENCHMARKS
 FAMILY = ("iapt", "parade", "para", "idspam", "lpt", "idpg")  # the input-aware family (pefts/family.py)
 PEFT_LORA = ("lora", "lora_default")  # peft LoRA: mixed-adapter batches (adapter_names)
 DEFAULT_METHODS = {"table4": ["bare", "lora", "ia3_proj", "iapt", "parade", "para", "idspam"],
                    "tenants": ["bare", "lora", "lora_bgmv", "iapt", "parade", "para", "idspam"],
                    "stream": ["bare", "lora", "lora_bgmv", "iapt", "parade", "para", "idspam"],
-                   "train": ["lora", "iapt", "parade", "para", "idspam", "lpt", "p_tuning_v2"]}
+                   "train": ["lora", "iapt", "parade", "para", "idspam", "lpt", "p_tuning_v2"],
+                   "prefill": ["bare", "iapt", "parade", "para", "idspam"]}
+DEFAULT_BATCHES = (1, 4, 16, 64)  # tenants: rows per batch (prefill: 1 unless given)
 TRAIN_TASKS = ("sst2", "rte", "mrpc", "cb")  # tasks the train mode reads from data_root (scripts/bench/train.py)
 
 
@@ -56,7 +61,7 @@ class Options:
     warmup: int = 3
     new_tokens: int = 32
     beams: list[int] | None = None  # None: [1, 3] (table4), [1] (tenants, stream)
-    batches: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    batches: list[int] = field(default_factory=lambda: list(DEFAULT_BATCHES))
     tenants: list[int] = field(default_factory=lambda: [1, 16, 256])
     requests: int = 64
     max_batch: int = 16
@@ -90,6 +95,8 @@ class Options:
         o = dataclasses.replace(self)
         o.methods = list(o.methods or DEFAULT_METHODS[o.mode])
         o.beams = list(o.beams or ([1, 3] if o.mode == "table4" else [1]))
+        if o.mode == "prefill" and tuple(self.batches) == DEFAULT_BATCHES:
+            o.batches = [1]  # one row unless asked: the prefill's own cost, not the tenants' batches
         if o.rounds is None:
             o.rounds = 2 if o.quick else {"table4": 100, "train": 5}.get(o.mode, 20)
         return o
@@ -173,10 +180,11 @@ def _validate(o: Options) -> None:
     if o.mode == "train":
         _validate_train(o, METHODS.names())
         return
-    allowed = ["bare", *METHODS.names()] if o.mode == "table4" else ["bare", *PEFT_LORA, "lora_bgmv", *FAMILY]
+    allowed = (["bare", *METHODS.names()] if o.mode in ("table4", "prefill")
+               else ["bare", *PEFT_LORA, "lora_bgmv", *FAMILY])
     bad = [m for m in o.methods if m not in allowed]
     if bad:
-        what = "method" if o.mode == "table4" else f"method with per-tenant modules ({o.mode} mode)"
+        what = "method" if o.mode in ("table4", "prefill") else f"method with per-tenant modules ({o.mode} mode)"
         raise UserError(f"methods: {bad[0]!r} is not a {what}; valid options: {', '.join(allowed)}")
     if len(set(o.methods)) != len(o.methods):
         raise UserError(f"methods={','.join(o.methods)} names a method twice")

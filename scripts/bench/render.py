@@ -199,3 +199,23 @@ def render_train(res: dict) -> str:
             f"{_f(c['flops_per_step'] / 1e9 if c['flops_per_step'] else None, '{:.0f}')} | "
             f"{_ratio(c.get('vs_loop')) if c['method'] != 'loop' else 'reference'} |")
     return "\n".join(lines) + "\n"
+
+
+def render_prefill(res: dict) -> str:
+    o = res["options"]
+    lines = [_title(res, "Where the time to first token goes"),
+             "", f"Appendix G's instruction ({res['prompt']['tokens']} tokens), B rows of it, one new token; "
+             f"{o['rounds']} interleaved rounds ({o['warmup']} warm-up). Variants: bare; bare + n positions (the prompt "
+             "lengthened by the method's n inserted positions, as ordinary tokens); the method with its generator "
+             "calls answered from a cache of their own outputs (hooks, masks, injection, positions: no generator); "
+             "the method. Ratios: median of per-round ratios [IQR] (min–max): positions = (bare + n) / bare, hooks = "
+             "cached / (bare + n), generators = method / cached, total = method / bare.", "",
+             "| B | method | TTFT ms | total × bare | positions | hooks | generators |",
+             "|---|---|---|---|---|---|---|"]
+    for key, cells in res["results"].items():
+        for m, c in cells.items():
+            ms = c["ttft_s"]["median"]
+            lines.append(f"| {key[1:]} | {m} | {_f(ms * 1e3 if ms else None, '{:.1f}')} | "
+                         f"{_ratio(c.get('total')) if m != 'bare' else '1'} | {_ratio(c.get('positions'))} | "
+                         f"{_ratio(c.get('hooks'))} | {_ratio(c.get('generators'))} |")
+    return "\n".join(lines) + "\n"
