@@ -114,6 +114,12 @@ def test_bgmv_lora_rows_equal_each_adapter_alone(tiny, beams):
         bare_before = backbone(input_ids=same, attention_mask=same_mask).logits
         mixed = bgmv.generate(input_ids=ids, attention_mask=mask, tenant_ids=names[C.BGMV], **kw)[:, ids.shape[1]:]
         logits = bgmv(input_ids=same, attention_mask=same_mask, tenant_ids=names[C.BGMV]).logits
+        assert bgmv._gathered and not any(bgmv._gathered), "per-row weights are kept for one call only"
+        rev = bgmv(input_ids=same.flip(0), attention_mask=same_mask.flip(0), tenant_ids=names[C.BGMV][::-1]).logits
+        torch.testing.assert_close(rev.flip(0), logits)  # a new call's rows gather their own tenants again
+        with torch.enable_grad():  # the out-of-place path (autograd) equals the in-place one
+            torch.testing.assert_close(bgmv(input_ids=same, attention_mask=same_mask,
+                                            tenant_ids=names[C.BGMV]).logits.detach(), logits)
         for k, name in enumerate(names["lora"]):
             one_ids, one_mask = _rows(tok, o, [lengths[k]])
             lora.set_adapter(name)

@@ -2,8 +2,9 @@
 benchmarks' `lora_bgmv` row beside peft's mixed-adapter path (issue #28).
 
 Per adapted linear layer the tenants' LoRA pairs are stacked once, A as [T, r, d_in] and B as [T, d_out, r];
-in a batch, every row gathers its tenant's pair and two batched matmuls add `scale * B_t (A_t x)` to the frozen
-layer's output (forward hooks on a weight-sharing copy of the bare backbone). peft's own mixed batches
+in a call, every row gathers its tenant's pair once (scale folded into B; kept for the call's decode steps) and two
+batched matmuls add `scale * B_t (A_t x)` to the frozen layer's output, the second one accumulating into it
+(baddbmm; in place at inference), through forward hooks on a weight-sharing copy of the bare backbone. peft's own mixed batches
 (`adapter_names=`) loop over the adapters and index the rows of each instead.
 
     bgmv = BgmvLora(peft_lora_model, names, copy)  # names: its adapters (tenants) in order; copy: a weight-sharing
@@ -37,6 +38,7 @@ class BgmvLora(nn.Module):
         self.rows: torch.Tensor | None = None  # tenant index per row of the running call
         self.tenant_bytes = 0  # one tenant's A and B over all adapted layers
         self._handles = []
+        self._gathered: list[dict] = []  # per hooked layer: the running call's per-row weights (cleared after it)
         layers = dict(self.backbone.named_modules())
         for qname, mod in base.named_modules():
             if not isinstance(mod, LoraLayer):
@@ -48,15 +50,25 @@ class BgmvLora(nn.Module):
             self._handles.append(layers[qname].register_forward_hook(self._hook(a, b, scale)))
 
     def _hook(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor):
+        gathered: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # rows in the call -> (A^T, s B^T) per row
+        self._gathered.append(gathered)
+
         def add_lora(module, args, out):
             x, rows = args[0], self.rows
             if rows is None:
                 return out
-            if rows.shape[0] != x.shape[0]:  # beams: each row's tenant for its beams
-                rows = rows.repeat_interleave(x.shape[0] // rows.shape[0])
-            h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]).to(a.dtype), a[rows].transpose(1, 2))  # [B, L, r]
-            delta = torch.bmm(h, b[rows].transpose(1, 2)) * scale[rows][:, None, None]  # [B, L, d_out]
-            return out + delta.reshape(out.shape).to(out.dtype)
+            n = x.shape[0]
+            if n not in gathered:  # once per generate() call and row count, not at every decode step
+                r = rows if rows.shape[0] == n else rows.repeat_interleave(n // rows.shape[0])  # beams: a row's tenant
+                gathered[n] = (a[r].transpose(1, 2), (b[r] * scale[r][:, None, None]).transpose(1, 2))
+            at, bt = gathered[n]  # [n, d_in, r], [n, r, d_out]
+            h = torch.bmm(x.reshape(n, -1, x.shape[-1]).to(a.dtype), at)  # [n, L, r]
+            out3 = out.reshape(n, -1, out.shape[-1])
+            if torch.is_grad_enabled() or not out.is_contiguous():
+                return torch.baddbmm(out3, h.to(out.dtype), bt.to(out.dtype)).reshape(out.shape)
+            # inference: the frozen layer's fresh output is held by nothing else; add s B (A x) into it in one pass
+            out3.baddbmm_(h.to(out.dtype), bt.to(out.dtype))
+            return out
 
         return add_lora
 
@@ -71,6 +83,8 @@ class BgmvLora(nn.Module):
             yield
         finally:
             self.rows = None
+            for g in self._gathered:
+                g.clear()
 
     def forward(self, input_ids, attention_mask=None, tenant_ids=None, **kw):
         with self._routed(tenant_ids):
