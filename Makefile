@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 RUN     := $(BIN)/python run.py
 
-.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train bench-prefill gpu-check clean
+.PHONY: install run test test-all lint format runs table table1 tables table4 bench-tenants bench-stream bench-train bench-prefill bench-compare gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -78,6 +78,10 @@ bench-prefill: $(STAMP)  ## time to first token split into inserted positions, h
 
 bench-train: $(STAMP)  ## training throughput: the harness's step per method/task/dtype vs an independent loop -> results/bench/train.{json,md}
 	$(BIN)/python -m scripts.bench train $(BENCH_ARGS)
+
+bench-compare: $(STAMP)  ## old against new: passes at two commits in DIR (one folder each) pooled per commit -> stdout
+	@[ -n "$(DIR)" ] || { echo "DIR= is required: a folder of pass folders, e.g. make bench-compare DIR=results/bench/ttft" >&2; exit 2; }
+	$(BIN)/python -m scripts.bench.compare $(DIR) $(COMPARE_ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache
