@@ -18,7 +18,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -62,10 +61,11 @@ def _commit_time(commit: str) -> float:
 
 
 def _q(xs: list[float]) -> tuple[float, float, float]:
-    if len(xs) == 1:
-        return xs[0], xs[0], xs[0]
-    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
-    return q2, q1, q3
+    """(median, q1, q3): the benchmarks' own summary (scripts/bench/common.py)."""
+    from scripts.bench.common import summary
+
+    s = summary(xs)
+    return s["median"], s["q1"], s["q3"]
 
 
 def pooled(records: list[dict]) -> dict:
