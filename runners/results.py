@@ -357,7 +357,18 @@ def provenance(device: str) -> dict:
         "python": platform.python_version(),
         "host": platform.node(),
         "device": device,
+        # torch's CPU threads in this process (runner.num_threads, or OMP_NUM_THREADS / the core count when it is
+        # null): a speed setting outside the run's identity (the same losses to the last bit, measured in
+        # results/bench/threads), kept so a record says how it was run
+        "torch_threads": _torch_threads(),
     }
+
+
+def _torch_threads() -> int | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never the import that makes a light caller pay for torch
+    return torch.get_num_threads() if torch is not None else None
 
 
 def to_container(cfg) -> dict:

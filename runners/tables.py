@@ -557,8 +557,11 @@ def commit_notes(records: list[dict], backbones: list[str], tasks: list[str], ce
     shown += list(search_records)
     versions = Counter(code_version(r) for r in shown)
     if len(versions) <= 1:
-        return [f"Code version: {next(iter(versions))} (every run; +changes: uncommitted changes to tracked "
-                "files)."] if versions else []
+        if not versions:
+            return []
+        v = next(iter(versions))
+        state = "+changes: uncommitted changes to tracked files" if v.endswith("+changes") else "a clean tree"
+        return [f"Code version: {v} (every run; {state})."]
     listed = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in versions.most_common())
     if not allow_mixed:
         raise UserError(f"the table's {len(shown)} runs come from {len(versions)} code version(s): {listed}; rerun "

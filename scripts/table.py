@@ -5,6 +5,7 @@
     python -m scripts.table experiment=iapt_table1_cpu results_dir=/tmp/runs out=/tmp/tables
     python -m scripts.table experiment=iapt_table1 launcher=slurm   # the missing cells as a Slurm job array
     python -m scripts.table experiment=iapt_table1_cpu run=false allow_mixed_commits=true   # runs of several commits
+    python -m scripts.table experiment=iapt_table1_cpu jobs=2      # two runs at once, one torch thread each
     make table1 [SCALE=cpu]   |   make table PAPER=iapt N=1   |   make tables [SCALE=cpu]
 
 The grid is the experiment's `hydra.sweeper.params` (method x task x seed; a `variant` list pairs with
@@ -31,6 +32,7 @@ the rendering runners/tables.py.
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import subprocess
@@ -61,6 +63,10 @@ OPTIONS = {  # argument: (default, its values: a tuple of the valid ones, or how
     # run only these columns' runs (comma-separated grid tasks; a long grid over several sittings); the table
     # still renders every column, the missing cells marked
     "tasks": (None, "<task,task,...>"),
+    # runs side by side on this machine, each with cores/jobs torch threads: on the 2-core CPU, two 1-thread runs
+    # train 1.11-1.33x the steps per hour of one 2-thread run, with the same losses and predictions to the last
+    # bit (results/bench/threads)
+    "jobs": ("1", "<a positive integer>"),
 }
 
 
@@ -105,6 +111,12 @@ def main(argv: list[str]) -> None:
     for k, (_, valid) in OPTIONS.items():
         if isinstance(valid, tuple) and opts[k] not in valid:
             raise UserError(f"{k}={opts[k]!r} must be {' or '.join(valid)}")
+    jobs = int(opts["jobs"]) if opts["jobs"].isdigit() and int(opts["jobs"]) > 0 else None
+    if jobs is None:
+        raise UserError(f"jobs={opts['jobs']!r} must be a positive integer (runs side by side on this machine)")
+    if jobs > 1 and opts["launcher"]:
+        raise UserError(f"jobs={jobs} runs cells side by side on this machine; launcher={opts['launcher']} already "
+                        "places them: give one of the two")
     extra = [f"results_dir={opts['results_dir']}"] if opts["results_dir"] else []
     cfg, axes = grid(experiment, extra)
     columns(cfg, axes["task"])  # a bad `columns` entry fails now, not after the grid has run
@@ -119,19 +131,30 @@ def main(argv: list[str]) -> None:
         print(describe_search(search), flush=True)
     print(describe(experiment, p, search), flush=True)
 
+    threads = [f"runner.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
+
     def launch(*overrides: str) -> None:
         res = subprocess.run([sys.executable, os.path.join(ROOT, "run.py"), "--multirun", f"experiment={experiment}",
-                              "print_table=false", *extra, *overrides, *launcher], cwd=ROOT)
+                              "print_table=false", *extra, *overrides, *threads, *launcher], cwd=ROOT)
         if res.returncode:
             print(f"error: the grid stopped (exit {res.returncode}); the table shows what is finished",
                   file=sys.stderr)
+
+    def launch_all(batches: list[list[str]]) -> None:
+        """Each batch of overrides is one run.py --multirun; with jobs > 1, `jobs` of them at a time (a thread
+        per subprocess: the runs are separate processes, their records guarded by run.py's own locks)."""
+        if jobs == 1:
+            for b in batches:
+                launch(*b)
+            return
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda b: launch(*b), batches))
 
     for _ in range(2 * search["widen"] + 2 if search and opts["run"] == "true" else 0):  # grid, then widening
         todo = {k: v for k, v in search_to_run(search).items() if k[1] in only}
         if not todo:
             break
-        for (method, task), rates in todo.items():
-            launch(*search_overrides(cfg, axes, method, task, rates))
+        launch_all([search_overrides(cfg, axes, method, task, rates) for (method, task), rates in todo.items()])
         search = search_plan(cfg, axes)
         print(describe_search(search), flush=True)
     if search and opts["run"] == "true":
@@ -139,14 +162,18 @@ def main(argv: list[str]) -> None:
             print(f"{os.path.relpath(path, cfg.results_dir)}: the chosen rate's selection run (lr_search_reuse)")
         p = plan(cfg, axes)
     if opts["run"] == "true" and any(r["state"] != "done" for r in p["runs"] if r["task"] in only):
-        if not search:
-            launch(*([f"task={','.join(only)}"] if opts["tasks"] else []))
+        batches = []
+        if not search:  # with jobs > 1, one multirun per seed (the one axis every grid has, paired with none)
+            tasks = [f"task={','.join(only)}"] if opts["tasks"] else []
+            batches = [tasks] if jobs == 1 else [[*tasks, f"seed={s}"] for s in axes["seed"]]
         for method, task in itertools.product(axes["method"], only) if search else []:
             if (method, task) not in search["chosen"]:  # one multirun over the seeds per (method, task)
                 print(f"error: {method} on {task}: no learning rate chosen (its search runs are not all finished, "
                       "or all failed); its cells are not run", file=sys.stderr)
             elif any(r["state"] != "done" for r in p["runs"] if (r["cell"], r["task"]) == (method, task)):
-                launch(f"method={method}", f"task={task}", f"runner.lr={lr_str(search['chosen'][method, task])}")
+                batches.append([f"method={method}", f"task={task}",
+                                f"runner.lr={lr_str(search['chosen'][method, task])}"])
+        launch_all(batches)
         p = plan(cfg, axes)
         print(describe(experiment, p, search))
     from scripts.figures import plot_seeds

@@ -165,7 +165,10 @@ def test_the_learning_rate_search_must_share_the_tables_commit():
 
     cells = [rec("lora", "a" * 40), rec("iapt", "a" * 40)]
     assert commit_notes(cells, ["b"], ["sst2"], ["lora", "iapt"], False, [rec("lora-lr0.001", "a" * 40)]) == [
-        "Code version: aaaaaaa (every run; +changes: uncommitted changes to tracked files)."]
+        "Code version: aaaaaaa (every run; a clean tree)."]
+    dirty = [{**r, "provenance": {"git_commit": "a" * 40, "git_dirty": True}} for r in cells]
+    assert commit_notes(dirty, ["b"], ["sst2"], ["lora", "iapt"], False) == [
+        "Code version: aaaaaaa+changes (every run; +changes: uncommitted changes to tracked files)."]
     with pytest.raises(UserError, match=r"3 runs come from 2 code version\(s\): aaaaaaa \(2 runs\), bbbbbbb \(1 run\)"):
         commit_notes(cells, ["b"], ["sst2"], ["lora", "iapt"], False, [rec("lora-lr0.001", "b" * 40)])
 
@@ -380,6 +383,64 @@ def test_table_sends_missing_cells_through_the_chosen_launcher(tmp_path, monkeyp
         table.main(["experiment=iapt_table1_cpu", f"out={tmp_path}", f"results_dir={tmp_path / 'runs'}",
                     "launcher=slurm"])
     assert calls and calls[0][2:4] == ["--multirun", "experiment=iapt_table1_cpu"] and calls[0][-1] == "hydra/launcher=slurm"
+
+
+def test_jobs_runs_the_launches_side_by_side_with_a_share_of_the_threads(tmp_path, monkeypatch, capsys):
+    """jobs=2: the grid's launches run two at a time (a barrier both must reach, which one at a time never
+    does), each with runner.num_threads = cores / jobs; a grid without a learning-rate search is split by seed;
+    a bad jobs value, or jobs with a launcher, is one line."""
+    import subprocess
+    import threading
+
+    from core.errors import UserError
+    from scripts import table
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    both = threading.Barrier(2, timeout=20)
+    calls = []
+    real = subprocess.run
+
+    def fake(cmd, **kw):
+        if not str(cmd[1]).endswith("run.py"):  # platform's own probes (W&B's table log) run for real
+            return real(cmd, **kw)
+        calls.append(cmd[2:])
+        if len(calls) <= 2:
+            both.wait()  # BrokenBarrierError unless a second launch is running at the same time
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake)
+    with pytest.raises(SystemExit):
+        table.main(["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={tmp_path / 'runs'}",
+                    "tasks=cb", "jobs=2"])
+    # (nothing finishes here, so the search is retried once per widening round: the same 8 launches each time)
+    assert len({tuple(c) for c in calls}) == 8 and all("runner.num_threads=1" in c and "task=cb" in c for c in calls)
+    assert sorted({c[c.index("task=cb") - 2] for c in calls}) == sorted(
+        f"method={m}" for m in ("lora", "houlsby", "p_tuning_v2", "lpt", "iapt", "parade", "para", "idspam"))
+
+    calls.clear()
+    both.reset()
+    with pytest.raises(SystemExit):
+        table.main(["experiment=iapt_table1", f"out={tmp_path / 'tables'}", f"results_dir={tmp_path / 'p'}", "jobs=2"])
+    assert sorted(c[-2] for c in calls) == [f"seed={s}" for s in range(5)], calls
+    assert all(c[-1] == "runner.num_threads=1" for c in calls)
+    for bad, line in (("jobs=0", "jobs='0' must be a positive integer"), ("jobs=two", "jobs='two' must be"),
+                      ("jobs=2 launcher=slurm", "jobs=2 runs cells side by side on this machine; launcher=slurm")):
+        with pytest.raises(UserError, match=line):
+            table.main(["experiment=iapt_table1_cpu", f"results_dir={tmp_path / 'runs'}", *bad.split()])
+    capsys.readouterr()
+
+
+def test_a_record_names_the_torch_threads_it_ran_with():
+    import torch
+
+    from runners.results import provenance
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert provenance("cpu")["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 TABLE_EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", "experiment", "*.yaml"))
