@@ -71,7 +71,7 @@ gpu-check: $(STAMP)  ## on a CUDA machine: bf16 training with loss checks, Table
 bench-tenants: $(STAMP)  ## B = 1, 4, 16, 64 mixed-tenant rows -> results/bench/tenants.*, results/figures/bench_tenants.png
 	$(BIN)/python -m scripts.bench tenants $(BENCH_ARGS)
 
-bench-stream: $(STAMP)  ## Poisson request stream from N = 1, 16, 256 tenants -> results/bench/stream.{json,md}
+bench-stream: $(STAMP)  ## Poisson request stream from N = 1, 16, 256 tenants -> results/bench/stream.{json,md} (stopped: rerun to continue)
 	$(BIN)/python -m scripts.bench stream $(BENCH_ARGS)
 
 bench-prefill: $(STAMP)  ## time to first token split into inserted positions, hooks and generators -> results/bench/prefill.{json,md}

@@ -207,6 +207,40 @@ def test_stream_end_to_end(tmp_path):
     assert "| 4 | iapt |" in md
 
 
+def test_a_stopped_stream_continues_at_its_next_tenant_count(tmp_path, monkeypatch):
+    """A stream stopped during N = 4 leaves N = 1 in <stem>.partial.json; the next run with the same options
+    measures N = 4 alone on the same arrival rate, keeps N = 1's numbers, lists both sittings and removes the
+    partial; other options (or resume=false) start again from N = 1."""
+    from scripts.bench import stream
+
+    real, asked = stream.make_stream, []
+
+    def stop_at_4(prompt, n, n_tenants, rate, seed):
+        if n_tenants == 4:
+            raise KeyboardInterrupt
+        return real(prompt, n, n_tenants, rate, seed)
+
+    monkeypatch.setattr(stream, "make_stream", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "stream")
+    partial = tmp_path / "stream_tiny_quick.partial.json"
+    first = json.loads(partial.read_text())
+    assert set(first["results"]) == {"N1"} and first["sittings"][0]["tenants"] == [1]
+
+    monkeypatch.setattr(stream, "make_stream", lambda *a: asked.append(a[2]) or real(*a))
+    data, md, _ = _run(tmp_path, "stream")
+    assert asked == [4] and list(data["results"]) == ["N1", "N4"]
+    assert data["results"]["N1"] == first["results"]["N1"] and data["stream"] == first["stream"]
+    assert [x["tenants"] for x in data["sittings"]] == [[1], [4]] and not partial.exists()
+    assert "Measured in 2 sittings (the same stream, each tenant count within one): N = 1 from " in md
+
+    for extra in (["seed=1"], ["resume=false"]):
+        partial.write_text(json.dumps(first))
+        asked.clear()
+        data, md, _ = _run(tmp_path, "stream", *extra)
+        assert asked == [1, 4] and len(data["sittings"]) == 1 and "sittings" not in md, extra
+
+
 def test_prefill_end_to_end_and_its_cached_generators_change_no_token(tmp_path, tiny):
     """The prefill split runs end to end (B = 1 by default), and the `cached` variant it times generates what the
     method generates (answer_from_cache removes the generator's compute, nothing else)."""

@@ -15,7 +15,7 @@ a background job on other cores does not inflate: with threads=1 on a shared mac
 itself), template= (plain|chat: the instruction as text with the tokenizer's special tokens, or in its chat
 template), prompt_tokens= (keep the instruction's first N tokens; default all), perturb= (0.02), seed=,
 memory= (true), quick= (true: 2 rounds, 1 warm-up, 4 new tokens, small sweeps), out= (results/bench), figures=
-(results/figures), cache_dir=.
+(results/figures), cache_dir=, resume= (stream: true, continue a stopped run at its next tenant count).
 
 Train mode (scripts/bench/train.py): methods= (default lora,iapt,parade,para,idspam,lpt,p_tuning_v2; any
 registered method), tasks= (sst2,rte; also mrpc, cb), dtypes= (float32,bfloat16: runner.dtype of each cell),
@@ -85,6 +85,9 @@ class Options:
     # train mode: runner.loss_positions values (labelled: the vocabulary projection of the answer columns only)
     loss_positions: list[str] = field(default_factory=lambda: ["labelled"])
     loop: bool = True  # train mode: the independent minimal LoRA loop as the reference
+    # stream mode: continue from <out>/<stem>.partial.json (the tenant counts a stopped run finished, its arrival
+    # rate) when its options and commit match; false: start again
+    resume: bool = True
     max_seq_len: int = 256  # train mode: runner.max_seq_len
     train_rows: int = 2000  # train mode: runner.max_train_examples (the rows batches are drawn from)
     data_root: str = os.environ.get("HARNESS_DATA", os.path.join(os.path.dirname(ROOT), "shared", "data"))
@@ -106,7 +109,7 @@ _LISTS = {"methods": str, "beams": int, "batches": int, "tenants": int, "tasks":
           "loss_positions": str}
 _CHOICES = {"device": ("auto", "cpu", "cuda"), "dtype": ("auto", "float32", "bfloat16", "float16"),
             "template": ("plain", "chat"), "clock": ("wall", "cpu"), "memory": ("true", "false"), "quick": ("true", "false"),
-            "loop": ("true", "false")}
+            "loop": ("true", "false"), "resume": ("true", "false")}
 _QUICK = {"warmup": 1, "new_tokens": 4, "batches": [1, 4], "tenants": [1, 4], "requests": 8, "max_batch": 4,
           "repeats": 1, "steps": 2, "max_seq_len": 128, "train_rows": 64}
 
@@ -131,7 +134,7 @@ def parse(argv: list[str]) -> Options:
                 if not items:
                     raise ValueError
                 given[k] = [_LISTS[k](x) for x in items]
-            elif k in ("memory", "quick", "loop"):
+            elif k in ("memory", "quick", "loop", "resume"):
                 given[k] = v == "true"
             elif k in ("rounds", "warmup", "new_tokens", "requests", "max_batch", "repeats", "seed", "threads",
                        "prompt_tokens", "steps", "max_seq_len", "train_rows"):

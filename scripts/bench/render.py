@@ -155,13 +155,23 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _sittings(res: dict) -> str:
+    """' Measured in 2 sittings: ...' for a stream continued after a stop (each tenant count in one sitting)."""
+    sit = [x for x in res.get("sittings") or [] if x["tenants"]]
+    if len(sit) < 2:
+        return ""
+    return f" Measured in {len(sit)} sittings (the same stream, each tenant count within one): " + "; ".join(
+        f"N = {', '.join(map(str, x['tenants']))} from {x['started']}" for x in sit) + "."
+
+
 def render_stream(res: dict) -> str:
     o, s = res["options"], res["stream"]
     lines = [_title(res, "Request stream"), "",
              f"{s['requests']} requests per run, Poisson arrivals at {s['rate_per_s']:.3g}/s ({o['load']} × the bare "
              f"backbone's single-request rate), prompts of 16–{res['prompt']['tokens']} tokens, {o['new_tokens']} new "
              f"tokens forced, FIFO dynamic batching up to {s['max_batch']} mixed-tenant rows (virtual clock, measured "
-             f"service times); median of {o['repeats']} interleaved repeats. N = 1: one module, plain path.", "",
+             f"service times); median of {o['repeats']} interleaved repeats. N = 1: one module, plain path."
+             + _sittings(res), "",
              "| N tenants | method | throughput tok/s | × bare | × LoRA | p50 latency s | p95 latency s | mean batch | "
              "memory per tenant | all tenants |", "|---|---|---|---|---|---|---|---|---|---|"]
     for key, cells in res["results"].items():

@@ -10,11 +10,18 @@ max_batch arrived requests (FIFO) into one mixed-tenant, left-padded batch. Serv
 clock is virtual (it jumps to the next arrival when idle, so no time is spent sleeping). Reported: throughput
 (new tokens / (last completion - first arrival)), p50/p95 latency (completion - arrival) and the bytes of one
 tenant's module tensors. With N = 1 every method serves one module by its plain path (no tenant routing).
+
+A full stream takes hours on a CPU, so it can run in sittings: after each tenant count the record so far is
+written to <out>/<stem>.partial.json; a later run with the same options, commit and machine continues at the
+next tenant count with the same arrival rate (so the same stream), and the record lists its `sittings`
+(resume=false: start again). Every tenant count's methods are measured in one sitting, interleaved.
 """
 
 from __future__ import annotations
 
 import gc
+import json
+import os
 import random
 import statistics
 import time
@@ -36,7 +43,7 @@ from scripts.bench.common import (
     tenant_models,
     timed_generate,
 )
-from scripts.bench.options import Options, device_and_dtype
+from scripts.bench.options import Options, device_and_dtype, stem
 
 
 @dataclass
@@ -80,24 +87,64 @@ def serve(model, clock, stream: list[Request], names: list[str] | None, tok, kw:
             "p95_s": q[18], "span_s": span, "batches": len(batches), "mean_batch": statistics.mean(batches)}
 
 
+def _same_run(record: dict) -> tuple:
+    """What a partial record must share with this run to be continued: options (but resume), code, machine."""
+    prov = record.get("provenance") or {}
+    return ({k: v for k, v in record["options"].items() if k != "resume"}, prov.get("git_commit"),
+            prov.get("git_dirty"), record.get("device_name"), record.get("threads"), record.get("dtype"))
+
+
+def resumable(path: str, res: dict, resume: bool) -> dict | None:
+    """The partial record at `path` when this run may continue it (same options, commit and machine), else None
+    with a progress line saying why it is not used."""
+    if not os.path.exists(path):
+        return None
+    if not resume:
+        progress(f"resume=false: {path} is set aside, starting again")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        ok = _same_run(old) == _same_run(res)
+    except (OSError, ValueError, KeyError, TypeError):
+        old, ok = None, False
+    if not ok:
+        progress(f"{path}: not this run's (unreadable, or another commit, machine or options): starting again")
+        return None
+    return old
+
+
 def run_stream(o: Options) -> dict:
+    from runners.results import write_json
+
     dev, dtype = device_and_dtype(o)
     backbone, tok, _ = load(o)
     prompt = instruction(tok, o)
     kw = gen_kwargs(tok, o.new_tokens, o.beams[0])
     res = header(o, dev, dtype, prompt)
-    res["results"], res["methods"] = {}, {}
-    bare_clock = StepClock(causal_lm(backbone), dev == "cuda", o.clock)
-    mid = prompt[: (min(16, len(prompt)) + len(prompt)) // 2]
-    ids, mask = batch_of([mid], tok.pad_token_id, dev)
-    one = []
-    for _ in range(max(3, o.warmup + 2)):
-        one.append(timed_generate(backbone, bare_clock, ids, mask, kw)[1].total_s)
-    bare_clock.remove()
-    rate = o.load / statistics.median(one[1:])  # requests/s: `load` x what the bare backbone serves one at a time
-    res["stream"] = {"rate_per_s": rate, "bare_single_request_s": statistics.median(one[1:]),
-                     "requests": o.requests, "max_batch": o.max_batch}
+    partial = os.path.join(o.out, stem(o, dev) + ".partial.json")
+    old = resumable(partial, res, o.resume)
+    if old:
+        res.update({k: old[k] for k in ("started", "stream", "results", "methods", "sittings")})
+        progress(f"resuming {partial}: tenant counts {', '.join(k[1:] for k in res['results'])} done")
+    else:
+        res["results"], res["methods"], res["sittings"] = {}, {}, []
+        bare_clock = StepClock(causal_lm(backbone), dev == "cuda", o.clock)
+        mid = prompt[: (min(16, len(prompt)) + len(prompt)) // 2]
+        ids, mask = batch_of([mid], tok.pad_token_id, dev)
+        one = []
+        for _ in range(max(3, o.warmup + 2)):
+            one.append(timed_generate(backbone, bare_clock, ids, mask, kw)[1].total_s)
+        bare_clock.remove()
+        rate = o.load / statistics.median(one[1:])  # requests/s: `load` x what the bare backbone serves one at a time
+        res["stream"] = {"rate_per_s": rate, "bare_single_request_s": statistics.median(one[1:]),
+                         "requests": o.requests, "max_batch": o.max_batch}
+    rate = res["stream"]["rate_per_s"]
+    res["sittings"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": res["load_average"],
+                            "tenants": []})
     for N in o.tenants:
+        if f"N{N}" in res["results"]:
+            continue
         models, names = tenant_models(o.methods, backbone, N, o, routed=False)
         for m in o.methods:
             res["methods"].setdefault(m, {"tenant_bytes": tenant_bytes(models[m])})
@@ -121,9 +168,15 @@ def run_stream(o: Options) -> dict:
             cells[m]["tenant_bytes"] = tenant_bytes(models[m])
             cells[m]["tenants_bytes_total"] = (tenant_bytes(models[m]) * N) if m != "bare" else 0
         res["results"][f"N{N}"] = cells
+        res["sittings"][-1]["tenants"].append(N)
+        os.makedirs(o.out, exist_ok=True)
+        write_json(partial, res)  # a stopped run continues from here
         for c in clocks.values():
             c.remove()
         del models, clocks
         gc.collect()
+    res["results"] = {f"N{N}": res["results"][f"N{N}"] for N in o.tenants}  # the options' order
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if os.path.exists(partial):  # the caller writes the whole record next
+        os.remove(partial)
     return res
