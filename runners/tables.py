@@ -548,14 +548,20 @@ def code_version(record: dict) -> str:
     return commit + ("+changes" if prov.get("git_dirty") else "")
 
 
+def table_versions(records: list[dict], backbones: list[str], tasks: list[str], cells: list[str],
+                   search_records: list[dict] = ()) -> Counter:
+    """{code version: runs} of the records a table shows and of the learning-rate search that chose its rates."""
+    shown = [r for r in records if r["backbone"] in backbones and r["task"] in tasks and r["cell"] in cells]
+    return Counter(code_version(r) for r in [*shown, *search_records])
+
+
 def commit_notes(records: list[dict], backbones: list[str], tasks: list[str], cells: list[str],
                  allow_mixed: bool, search_records: list[dict] = ()) -> list[str]:
     """One code version per table: the runs it shows and the learning-rate search that chose their rates
     (`search_records`) must share one commit (and tree state); otherwise UserError naming the versions and
     their runs, unless `allow_mixed` (allow_mixed_commits=true), which lists them under the table instead."""
-    shown = [r for r in records if r["backbone"] in backbones and r["task"] in tasks and r["cell"] in cells]
-    shown += list(search_records)
-    versions = Counter(code_version(r) for r in shown)
+    versions = table_versions(records, backbones, tasks, cells, search_records)
+    shown = sum(versions.values())
     if len(versions) <= 1:
         if not versions:
             return []
@@ -564,7 +570,7 @@ def commit_notes(records: list[dict], backbones: list[str], tasks: list[str], ce
         return [f"Code version: {v} (every run; {state})."]
     listed = ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in versions.most_common())
     if not allow_mixed:
-        raise UserError(f"the table's {len(shown)} runs come from {len(versions)} code version(s): {listed}; rerun "
+        raise UserError(f"the table's {shown} runs come from {len(versions)} code version(s): {listed}; rerun "
                         "them from one clean commit (a git worktree; force=true reruns a done run), or render "
                         "anyway with allow_mixed_commits=true")
     return [f"MIXED CODE VERSIONS (allow_mixed_commits=true): {listed}."]

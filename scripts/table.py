@@ -49,7 +49,7 @@ from runners.table_plan import (
     plan,
     search_plan,
 )
-from runners.tables import columns, render_table, search_notes, table_of
+from runners.tables import code_version, columns, render_table, search_notes, table_of, table_versions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPTIONS = {  # argument: (default, its values: a tuple of the valid ones, or how the error line names them)
@@ -93,6 +93,29 @@ def search_overrides(cfg, axes: dict[str, list[str]], method: str, task: str, ra
             f"results_dir={os.path.join(cfg.results_dir, SEARCH_DIR)}", "variant=${method.name}-lr${runner.lr}"]
 
 
+def refuse_mixing(cfg, p: dict, search: dict | None, only: list[str]) -> None:
+    """Running a table's missing runs from a checkout whose code differs from its finished runs' would make a
+    table of two code versions (which rendering then refuses): UserError in one line before any run starts,
+    naming both versions and the ways out. Records that name no commit do not count."""
+    from runners.aggregate import scan
+    from runners.results import provenance
+
+    to_run = any(r["state"] != "done" for r in p["runs"] if r["task"] in only)
+    if not (to_run or (search and any(task in only for _, task in search_to_run(search)))):
+        return
+    records, _ = scan(cfg.results_dir)
+    theirs = set(table_versions(records, p.get("backbones") or [cfg.backbone.name], p["tasks"], p["cells"],
+                                search["records"] if search else [])) - {"unknown"}
+    if not theirs:
+        return
+    here = code_version({"provenance": provenance("cpu")})
+    if theirs != {here}:
+        raise UserError(f"the table's finished runs come from {', '.join(sorted(theirs))} and this checkout is {here}: "
+                        "its missing runs would mix code versions in one table; run them from a git worktree of "
+                        f"{sorted(theirs)[0].split('+')[0]} (results/cpu/README.md), render what is done with run=false, "
+                        "or mix on purpose with allow_mixed_commits=true")
+
+
 def search_to_run(search: dict) -> dict[tuple[str, str], list[float]]:
     """{(method, task): rates whose selection runs are still to run} (the grid's missing ones, then widening)."""
     out: dict[tuple[str, str], list[float]] = {}
@@ -130,6 +153,8 @@ def main(argv: list[str]) -> None:
     if search:
         print(describe_search(search), flush=True)
     print(describe(experiment, p, search), flush=True)
+    if opts["run"] == "true" and opts["allow_mixed_commits"] != "true":
+        refuse_mixing(cfg, p, search, only)
 
     threads = [f"runner.num_threads={max(1, (os.cpu_count() or 1) // jobs)}"] if jobs > 1 else []
 

@@ -155,6 +155,47 @@ def test_a_table_of_several_commits_is_refused_then_rendered_with_the_flag(tmp_p
     capsys.readouterr()
 
 
+def test_running_the_missing_runs_from_another_commit_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    """A table whose finished runs come from commit a, run from a checkout at c (or at a with local changes):
+    one line naming both before any run starts; at a itself, or with allow_mixed_commits=true, the missing runs
+    are launched; run=false renders what is done."""
+    import json
+    import subprocess
+
+    from core.errors import UserError
+    from runners import results
+    from scripts import table
+
+    runs = tmp_path / "runs"
+    folder = runs / "smollm2-135m" / "sst2" / "lora"
+    folder.mkdir(parents=True)
+    (folder / "seed0.json").write_text(json.dumps({
+        "schema": 1, "backbone": "smollm2-135m", "task": "sst2", "method": "lora", "variant": None, "cell": "lora",
+        "seed": 0, "status": "ok", "metrics": {"acc": 80.0}, "dev": {}, "params": {}, "config": {"method": {"name": "lora"}},
+        "provenance": {"git_commit": "a" * 40, "git_dirty": False}, "wall_time_s": 600.0, "curve": {}}))
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    args = ["experiment=iapt_table1_cpu", f"out={tmp_path / 'tables'}", f"results_dir={runs}", "tasks=cb"]
+    for commit, dirty, shown in (("c" * 40, False, "ccccccc"), ("a" * 40, True, "aaaaaaa+changes")):
+        monkeypatch.setattr(results, "provenance", lambda dev, c=commit, d=dirty: {"git_commit": c, "git_dirty": d})
+        with pytest.raises(UserError, match=f"the table's finished runs come from aaaaaaa and this checkout is "
+                                            f"{re.escape(shown)}: "
+                                            "its missing runs would mix code versions in one table; run them from a git "
+                                            "worktree of aaaaaaa"):
+            table.main(args)
+        assert calls == []
+    with pytest.raises(SystemExit):  # launched (mocked), so still incomplete
+        table.main([*args, "allow_mixed_commits=true"])
+    assert calls
+    calls.clear()
+    monkeypatch.setattr(results, "provenance", lambda dev: {"git_commit": "a" * 40, "git_dirty": False})
+    with pytest.raises(SystemExit):
+        table.main(args)
+    assert calls
+    table.main(["experiment=iapt_table1_cpu", "run=false", f"out={tmp_path / 'tables'}", f"results_dir={runs}"])
+    capsys.readouterr()
+
+
 def test_the_learning_rate_search_must_share_the_tables_commit():
     """The selection runs that chose a table's rates count in its one-commit check."""
     from core.errors import UserError
