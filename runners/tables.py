@@ -592,12 +592,13 @@ def dependence_notes(records: list[dict], backbone: str, tasks: list[str], cells
 
 
 def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None,
-                 allow_mixed_commits: bool = False, search_records: list[dict] = ()) -> str:
+                 allow_mixed_commits: bool = False, search_records: list[dict] = (), curves=None) -> str:
     """A table experiment's table from its plan (runners/table_plan.py `plan`), a block per backbone beside
     the paper's numbers, written to <out_dir>/<experiment>.{md,csv} and logged to W&B when the logger is on.
-    `plot(records, tasks, cells, out, title=, backbone=)` draws each block's seeds beside it (scripts.table
-    passes scripts/figures.py's plot_seeds: runners/ draws no figures). Returns the markdown, with where
-    the plots and the W&B run went."""
+    `plot(records, tasks, cells, out, title=, backbone=)` draws each block's seeds beside it, and `curves`
+    (the same arguments) its dev-loss curves (scripts.table passes scripts/figures.py's plot_seeds and
+    plot_dev_curves: runners/ draws no figures). Returns the markdown, with where the plots and the W&B run
+    went."""
     from runners.aggregate import scan
 
     paper, number, cpu = table_of(experiment)
@@ -632,6 +633,10 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
                    title=f"{experiment} ({backbone}): each seed, median bar", backbone=backbone)
         if fig:
             md += f"\nSeeds plot: {fig}\n"
+        fig = curves and curves(records, p["tasks"], cells, os.path.join(out_dir, f"{name}_dev.png"),
+                                title=f"{experiment} ({backbone}): dev loss, each seed and the median", backbone=backbone)
+        if fig:
+            md += f"\nDev-loss curves: {fig}\n"
     where = log_wandb(cfg, experiment, df)
     return md + (f"\nW&B table: {where}\n" if where else "")
 

@@ -216,6 +216,56 @@ def plot_seeds(records: list[dict], tasks: list[str], cells: list[str], out: str
     return _save(fig, out)
 
 
+def dev_curves(records: list[dict], tasks: list[str], cells: list[str], backbone: str | None = None) -> dict:
+    """{(task, cell): (evaluation steps, median dev loss over seeds at each, [each seed's {step: loss}])} of the
+    records that belong to the table and have a dev curve."""
+    runs: dict[tuple[str, str], list[dict[int, float]]] = {}
+    for r in records:
+        if r["task"] in tasks and r["cell"] in cells and (backbone is None or r["backbone"] == backbone):
+            dev = {int(pt["step"]): float(pt["dev_loss"]) for pt in (r.get("curve") or {}).get("dev", [])}
+            if dev:
+                runs.setdefault((r["task"], r["cell"]), []).append(dev)
+    out = {}
+    for key, devs in runs.items():
+        steps = sorted({k for d in devs for k in d})
+        out[key] = (steps, [statistics.median(d[k] for d in devs if k in d) for k in steps], devs)
+    return out
+
+
+def plot_dev_curves(records: list[dict], tasks: list[str], cells: list[str], out: str, title: str = "",
+                    backbone: str | None = None) -> str | None:
+    """A table's dev-loss curves: one panel per task, a colour per cell, a thin line per seed and a thick one
+    at the median over seeds at each evaluation step (log scale: step 0 is the untrained model's loss, an order
+    of magnitude above the rest); None when no record of the table has a dev curve. Beside the table, it shows
+    which cells left the chance plateau and whether 100 steps had stopped improving. The frame is the trained
+    steps' range: step 0's loss leaves it at the top."""
+    curves = dev_curves(records, tasks, cells, backbone)
+    if not curves:
+        return None
+    plt = _plt()
+    colours = {c: plt.get_cmap("tab10")(i % 10) for i, c in enumerate(cells)}
+    fig, axes = plt.subplots(1, len(tasks), figsize=(0.6 + 3.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for cell in cells:
+            if (task, cell) not in curves:
+                continue
+            steps, median, runs = curves[task, cell]
+            for dev in runs:
+                ax.plot(sorted(dev), [dev[k] for k in sorted(dev)], color=colours[cell], lw=0.5, alpha=0.4)
+            ax.plot(steps, median, color=colours[cell], lw=1.8, label=f"{cell} (n={len(runs)})")
+        ax.set(title=task, xlabel="optimizer step", ylabel="dev loss", yscale="log")
+        trained = [x for (t, _), (steps, _, runs) in curves.items() if t == task
+                   for dev in runs for k, x in dev.items() if k > 0]
+        if trained:  # frame the trained steps; step 0 (the untrained loss, 5-20 here) runs off the top
+            ax.set_ylim(min(trained) / 1.15, max(trained) * 1.3)
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "no run yet", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in ("rational", "params", "length", "budget", "layer"):
         raise UserError("usage: python -m scripts.figures rational|params|length|budget|layer key=value ... "

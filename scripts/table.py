@@ -201,11 +201,11 @@ def main(argv: list[str]) -> None:
         launch_all(batches)
         p = plan(cfg, axes)
         print(describe(experiment, p, search))
-    from scripts.figures import plot_seeds
+    from scripts.figures import plot_dev_curves, plot_seeds
 
     print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
                        allow_mixed_commits=opts["allow_mixed_commits"] == "true",
-                       search_records=search["records"] if search else []))
+                       search_records=search["records"] if search else [], curves=plot_dev_curves))
     if any(r["state"] != "done" for r in p["runs"] if r["task"] in only) and opts["run"] == "true":
         raise SystemExit(1)
 

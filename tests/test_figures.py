@@ -145,3 +145,25 @@ def test_seeds_plot_of_a_table(tmp_path):
     assert out and os.path.getsize(out) > 0
     assert plot_seeds(recs, ["copa"], ["lora"], str(tmp_path / "none.png")) is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_dev_loss_curves_of_a_table(tmp_path):
+    """The median over seeds at each evaluation step (a seed missing a step counts where it has one); other
+    tables' records and records without a dev curve are left out; the plot is written, None without curves."""
+    from scripts.figures import dev_curves, plot_dev_curves
+
+    def rec(task, cell, seed, losses, backbone="b"):
+        return {"backbone": backbone, "task": task, "cell": cell, "seed": seed,
+                "curve": {"dev": [{"step": 25 * i, "dev_loss": x} for i, x in enumerate(losses)]}}
+
+    recs = [rec("sst2", "lora", 0, [5.0, 0.3, 0.2]), rec("sst2", "lora", 1, [6.0, 0.5, 0.1]),
+            rec("sst2", "lora", 2, [7.0, 0.4]), rec("sst2", "iapt", 0, [15.0, 0.9, 0.3]),
+            rec("sst2", "lora", 3, [1.0, 1.0, 1.0], backbone="other"), rec("rte", "lora", 0, []),
+            rec("boolq", "lora", 0, [1.0])]
+    curves = dev_curves(recs, ["sst2", "rte"], ["lora", "iapt"], backbone="b")
+    assert set(curves) == {("sst2", "lora"), ("sst2", "iapt")}
+    steps, median, runs = curves["sst2", "lora"]
+    assert steps == [0, 25, 50] and median == pytest.approx([6.0, 0.4, 0.15]) and len(runs) == 3
+    out = plot_dev_curves(recs, ["sst2", "rte"], ["lora", "iapt"], str(tmp_path / "d.png"), title="t", backbone="b")
+    assert out and os.path.getsize(out) > 0
+    assert plot_dev_curves(recs, ["copa"], ["lora"], str(tmp_path / "none.png")) is None
