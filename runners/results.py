@@ -335,7 +335,9 @@ def write_jsonl(path: str, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def provenance(device: str) -> dict:
+def provenance(device: str, torch_threads: int | None = None) -> dict:
+    """Where and with what a record was computed. `torch_threads`: the caller's torch.get_num_threads() (callers
+    that never load torch, such as scripts.table's code-version check, leave it None)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def git(*args):
@@ -360,15 +362,8 @@ def provenance(device: str) -> dict:
         # torch's CPU threads in this process (runner.num_threads, or OMP_NUM_THREADS / the core count when it is
         # null): a speed setting outside the run's identity (the same losses to the last bit, measured in
         # results/bench/threads), kept so a record says how it was run
-        "torch_threads": _torch_threads(),
+        "torch_threads": torch_threads,
     }
-
-
-def _torch_threads() -> int | None:
-    import sys
-
-    torch = sys.modules.get("torch")  # never the import that makes a light caller pay for torch
-    return torch.get_num_threads() if torch is not None else None
 
 
 def to_container(cfg) -> dict:

@@ -120,7 +120,7 @@ def _run(cfg, config: dict, path: str, kind: Kind) -> dict:
     dependence = input_dependence(cfg, data, method.model, tok, device)  # input-aware methods only, else None
     watch.lap("answers")
     record = R.new_record(cfg, config, status="ok", metrics=metrics, dev={**fit.dev, **dev}, params=method.params,
-                          provenance=R.provenance(device), wall_time_s=time.time() - t0,
+                          provenance=R.provenance(device, torch.get_num_threads()), wall_time_s=time.time() - t0,
                           timing_s=watch.seconds(), curve=fit.curve,
                           split_sizes=data.sizes, protocol=data.task.protocol, chance=data.task.chance,
                           steps=fit.steps, effective_batch_size=fit.batch,
@@ -248,7 +248,7 @@ def _score_untrained(cfg, config: dict, data: Data, model, tok, device: str, pat
     preds = predictions(model, tok, data.task, test, cfg.task, cfg.runner, device)
     record = R.new_record(cfg, config, cell=R.ZERO_SHOT, status="ok", metrics=data.task.score(preds, test), dev={},
                           params={"trainable": 0, "total": sum(p.numel() for p in model.parameters())},
-                          provenance=R.provenance(device), wall_time_s=time.time() - t0,
+                          provenance=R.provenance(device, torch.get_num_threads()), wall_time_s=time.time() - t0,
                           curve={"train": [], "dev": []}, split_sizes=data.sizes, protocol=data.task.protocol,
                           chance=data.task.chance)
     R.write_jsonl(path.replace(".json", ".predictions.jsonl"), prediction_rows(test, preds))

@@ -471,19 +471,6 @@ def test_jobs_runs_the_launches_side_by_side_with_a_share_of_the_threads(tmp_pat
     capsys.readouterr()
 
 
-def test_a_record_names_the_torch_threads_it_ran_with():
-    import torch
-
-    from runners.results import provenance
-
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert provenance("cpu")["torch_threads"] == 1
-    finally:
-        torch.set_num_threads(before)
-
-
 TABLE_EXPERIMENTS = sorted(os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "conf", "experiment", "*.yaml"))
                            if re.match(r"^(iapt|parade|para|idspam)_table\d+(_cpu)?$", os.path.basename(p)[:-5]))
 

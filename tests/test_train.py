@@ -49,6 +49,17 @@ def test_run_writes_a_complete_record(tmp_results):
     load_peft(fresh, str(path.parent / on_disk["peft_weights"]))
 
 
+def test_a_record_names_the_torch_threads_it_ran_with(tmp_results):
+    """runner.num_threads=1 is recorded as provenance.torch_threads = 1 (the runner passes torch's count)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert run_cfg("seed=0", "runner.num_threads=1")["provenance"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_finished_run_is_skipped_without_training(tmp_results, monkeypatch):
     run_cfg("seed=1")
     import runners.train

@@ -381,7 +381,7 @@ def header(o: Options, dev: str, dtype: str, prompt: list[int]) -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "options": {k: v for k, v in dataclasses.asdict(o).items() if k not in ("out", "figures", "cache_dir")},
         "prompt": {"template": o.template, "tokens": len(prompt), "text": "iapt.txt Appendix G news instruction"},
-        "provenance": provenance(dev),
+        "provenance": provenance(dev, torch.get_num_threads()),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
