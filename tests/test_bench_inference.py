@@ -196,6 +196,38 @@ def test_tenants_end_to_end(tmp_path):
     assert "| 1 | 4 | iapt |" in md
 
 
+def test_a_stopped_tenant_sweep_continues_at_its_next_block(tmp_path, monkeypatch):
+    """A sweep stopped during B = 4 leaves B = 1 in <stem>.partial.json; the next run with the same options
+    measures B = 4 alone, keeps B = 1's numbers, lists both sittings and removes the partial; other options (or
+    resume=false) start again from B = 1."""
+    real, asked = C.batch_of, []
+
+    def stop_at_4(rows, pad_id, device):
+        if len(rows) == 4:
+            raise KeyboardInterrupt
+        return real(rows, pad_id, device)
+
+    monkeypatch.setattr(C, "batch_of", stop_at_4)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "tenants", "methods=bare,iapt")
+    partial = tmp_path / "tenants_tiny_quick.partial.json"
+    first = json.loads(partial.read_text())
+    assert set(first["results"]) == {"beam1/B1"} and first["sittings"][0]["blocks"] == ["beam1/B1"]
+
+    monkeypatch.setattr(C, "batch_of", lambda rows, *a: asked.append(len(rows)) or real(rows, *a))
+    data, md, _ = _run(tmp_path, "tenants", "methods=bare,iapt")
+    assert asked == [4] and list(data["results"]) == ["beam1/B1", "beam1/B4"]
+    assert data["results"]["beam1/B1"] == first["results"]["beam1/B1"]
+    assert [x["blocks"] for x in data["sittings"]] == [["beam1/B1"], ["beam1/B4"]] and not partial.exists()
+    assert "Measured in 2 sittings (each beam and B within one): beam1/B1 from " in md
+
+    for extra in (["seed=1"], ["resume=false"]):
+        partial.write_text(json.dumps(first))
+        asked.clear()
+        data, md, _ = _run(tmp_path, "tenants", "methods=bare,iapt", *extra)
+        assert asked == [1, 4] and len(data["sittings"]) == 1 and "sittings" not in md, extra
+
+
 def test_stream_end_to_end(tmp_path):
     data, md, _ = _run(tmp_path, "stream")
     assert set(data["results"]) == {"N1", "N4"} and data["stream"]["rate_per_s"] > 0

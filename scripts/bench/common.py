@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import math
 import os
 import platform
@@ -393,6 +394,33 @@ def write(o: Options, dev: str, result: dict, md: str) -> tuple[str, str]:
     write_json(base + ".json", result)
     atomic_write_text(base + ".md", md)
     return base + ".json", base + ".md"
+
+
+def same_run(record: dict) -> tuple:
+    """What a partial record must share with this run to be continued: options (but resume), code, machine."""
+    prov = record.get("provenance") or {}
+    return ({k: v for k, v in record["options"].items() if k != "resume"}, prov.get("git_commit"),
+            prov.get("git_dirty"), record.get("device_name"), record.get("threads"), record.get("dtype"))
+
+
+def resumable(path: str, res: dict, resume: bool) -> dict | None:
+    """The partial record at `path` (a stopped stream or tenant sweep) when this run may continue it (same options, commit and machine), else None
+    with a progress line saying why it is not used."""
+    if not os.path.exists(path):
+        return None
+    if not resume:
+        progress(f"resume=false: {path} is set aside, starting again")
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        ok = same_run(old) == same_run(res)
+    except (OSError, ValueError, KeyError, TypeError):
+        old, ok = None, False
+    if not ok:
+        progress(f"{path}: not this run's (unreadable, or another commit, machine or options): starting again")
+        return None
+    return old
 
 
 def progress(msg: str) -> None:

@@ -15,7 +15,7 @@ a background job on other cores does not inflate: with threads=1 on a shared mac
 itself), template= (plain|chat: the instruction as text with the tokenizer's special tokens, or in its chat
 template), prompt_tokens= (keep the instruction's first N tokens; default all), perturb= (0.02), seed=,
 memory= (true), quick= (true: 2 rounds, 1 warm-up, 4 new tokens, small sweeps), out= (results/bench), figures=
-(results/figures), cache_dir=, resume= (stream: true, continue a stopped run at its next tenant count).
+(results/figures), cache_dir=, resume= (stream and tenants: true, continue a stopped run at its next tenant count / (beam, B) block).
 
 Train mode (scripts/bench/train.py): methods= (default lora,iapt,parade,para,idspam,lpt,p_tuning_v2; any
 registered method), tasks= (sst2,rte; also mrpc, cb), dtypes= (float32,bfloat16: runner.dtype of each cell),

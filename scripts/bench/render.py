@@ -99,7 +99,7 @@ def render_tenants(res: dict) -> str:
              "", f"B rows of Appendix G's instruction ({res['prompt']['tokens']} tokens), row k from tenant k (its own "
              f"module), {o['new_tokens']} new tokens forced; input-aware methods via `tenant_ids`, LoRA via peft "
              f"`adapter_names`; {o['rounds']} interleaved rounds ({o['warmup']} warm-up). `× bare`: median per-round "
-             "ratio of tokens/s to the bare backbone at the same B [IQR] (min–max).", "",
+             "ratio of tokens/s to the bare backbone at the same B [IQR] (min–max)." + _sittings(res), "",
              "| beam | B | method | tok/s | × bare | × LoRA (mixed) | TTFT ms | tenant module |",
              "|---|---|---|---|---|---|---|---|"]
     for key, cells in res["results"].items():
@@ -156,12 +156,18 @@ def _bytes(n: int) -> str:
 
 
 def _sittings(res: dict) -> str:
-    """' Measured in 2 sittings: ...' for a stream continued after a stop (each tenant count in one sitting)."""
-    sit = [x for x in res.get("sittings") or [] if x["tenants"]]
+    """' Measured in 2 sittings: ...' for a stream or tenant sweep continued after a stop (each tenant count, or
+    each (beam, B) block, within one sitting)."""
+    if res["mode"] == "stream":
+        sit, what = [(x["started"], "N = " + ", ".join(map(str, x["tenants"])))
+                     for x in res.get("sittings") or [] if x["tenants"]], "the same stream, each tenant count"
+    else:
+        sit, what = [(x["started"], ", ".join(x["blocks"])) for x in res.get("sittings") or [] if x.get("blocks")], \
+            "each beam and B"
     if len(sit) < 2:
         return ""
-    return f" Measured in {len(sit)} sittings (the same stream, each tenant count within one): " + "; ".join(
-        f"N = {', '.join(map(str, x['tenants']))} from {x['started']}" for x in sit) + "."
+    return f" Measured in {len(sit)} sittings ({what} within one): " + "; ".join(
+        f"{parts} from {started}" for started, parts in sit) + "."
 
 
 def render_stream(res: dict) -> str:

@@ -20,7 +20,6 @@ next tenant count with the same arrival rate (so the same stream), and the recor
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
 import statistics
@@ -36,6 +35,7 @@ from scripts.bench.common import (
     instruction,
     load,
     progress,
+    resumable,
     rotated,
     routing,
     summary,
@@ -85,33 +85,6 @@ def serve(model, clock, stream: list[Request], names: list[str] | None, tok, kw:
     q = statistics.quantiles(lat, n=20, method="inclusive")
     return {"throughput_tps": len(stream) * kw["max_new_tokens"] / span, "p50_s": statistics.median(lat),
             "p95_s": q[18], "span_s": span, "batches": len(batches), "mean_batch": statistics.mean(batches)}
-
-
-def _same_run(record: dict) -> tuple:
-    """What a partial record must share with this run to be continued: options (but resume), code, machine."""
-    prov = record.get("provenance") or {}
-    return ({k: v for k, v in record["options"].items() if k != "resume"}, prov.get("git_commit"),
-            prov.get("git_dirty"), record.get("device_name"), record.get("threads"), record.get("dtype"))
-
-
-def resumable(path: str, res: dict, resume: bool) -> dict | None:
-    """The partial record at `path` when this run may continue it (same options, commit and machine), else None
-    with a progress line saying why it is not used."""
-    if not os.path.exists(path):
-        return None
-    if not resume:
-        progress(f"resume=false: {path} is set aside, starting again")
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        ok = _same_run(old) == _same_run(res)
-    except (OSError, ValueError, KeyError, TypeError):
-        old, ok = None, False
-    if not ok:
-        progress(f"{path}: not this run's (unreadable, or another commit, machine or options): starting again")
-        return None
-    return old
 
 
 def run_stream(o: Options) -> dict:

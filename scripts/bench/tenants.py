@@ -9,17 +9,25 @@ Multi-tenant (`tenants`): B rows, row k from tenant k with its own module: the i
 seed k), LoRA through peft's mixed-adapter batches (one adapter per tenant by `add_adapter`, `generate(...,
 adapter_names=...)`) and, row `lora_bgmv`, the same adapters applied by gather + batched matmuls
 (scripts/bench/bgmv.py, the way Punica and S-LoRA batch tenants), against the bare backbone at the same B.
+
+A sweep at B = 64 costs about 10 minutes a round on a 2-core CPU, so it runs in sittings like the stream: after
+each (beam, B) block the record so far is written to <out>/<stem>.partial.json, and a later run with the same
+options, commit and machine measures only the blocks still missing (resume=false starts again); the record lists
+its `sittings`.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from scripts.bench import common as C
-from scripts.bench.options import Options, device_and_dtype
+from scripts.bench.options import Options, device_and_dtype, stem
 
 
 def run_tenants(o: Options) -> dict:
+    from runners.results import write_json
+
     dev, dtype = device_and_dtype(o)
     backbone, tok, _ = C.load(o)
     prompt = C.instruction(tok, o)
@@ -29,10 +37,19 @@ def run_tenants(o: Options) -> dict:
     res = C.header(o, dev, dtype, prompt)
     res["methods"] = {m: {"tenant_bytes": C.tenant_bytes(models[m]), "tenants": n_tenants if m != "bare" else 0}
                       for m in o.methods}
-    res["results"] = {}
+    partial = os.path.join(o.out, stem(o, dev) + ".partial.json")
+    old = C.resumable(partial, res, o.resume)
+    res["results"], res["sittings"] = (old["results"], old["sittings"]) if old else ({}, [])
+    if old:
+        res["started"] = old["started"]
+        C.progress(f"resuming {partial}: {', '.join(res['results'])} done")
+    res["sittings"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": res["load_average"],
+                            "blocks": []})
     for beams in o.beams:
         kw = C.gen_kwargs(tok, o.new_tokens, beams)
         for B in o.batches:
+            if f"beam{beams}/B{B}" in res["results"]:
+                continue
             ids, mask = C.batch_of([prompt] * B, tok.pad_token_id, dev)
             raw = {m: [] for m in o.methods}
             for r in range(o.warmup + o.rounds):
@@ -52,7 +69,13 @@ def run_tenants(o: Options) -> dict:
                 if "lora" in raw:
                     cells[m]["ratio_to_lora"] = C.summary([t.tps / b.tps for t, b in zip(ts, raw["lora"])])
             res["results"][f"beam{beams}/B{B}"] = cells
+            res["sittings"][-1]["blocks"].append(f"beam{beams}/B{B}")
+            os.makedirs(o.out, exist_ok=True)
+            write_json(partial, res)  # a stopped sweep continues from the next block
     for c in clocks.values():
         c.remove()
+    res["results"] = {f"beam{b}/B{B}": res["results"][f"beam{b}/B{B}"] for b in o.beams for B in o.batches}
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    if os.path.exists(partial):  # the caller writes the whole record next
+        os.remove(partial)
     return res
