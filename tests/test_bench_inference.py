@@ -227,6 +227,14 @@ def test_a_stopped_tenant_sweep_continues_at_its_next_block(tmp_path, monkeypatc
         data, md, _ = _run(tmp_path, "tenants", "methods=bare,iapt", *extra)
         assert asked == [1, 4] and len(data["sittings"]) == 1 and "sittings" not in md, extra
 
+    # stopped after its last block (before the record was written): the rerun builds no tenant and measures nothing
+    done = {k: v for k, v in data.items() if k != "finished"}
+    partial.write_text(json.dumps(done))
+    monkeypatch.setattr(C, "tenant_models", lambda *a, **k: pytest.fail("tenants built for a finished sweep"))
+    again, md, _ = _run(tmp_path, "tenants", "methods=bare,iapt")
+    assert again["results"] == data["results"] and again["methods"] == data["methods"] and not partial.exists()
+    assert "| 1 | 4 | iapt |" in md
+
 
 def test_stream_end_to_end(tmp_path):
     data, md, _ = _run(tmp_path, "stream")
@@ -257,13 +265,13 @@ def test_a_stopped_stream_continues_at_its_next_tenant_count(tmp_path, monkeypat
         _run(tmp_path, "stream")
     partial = tmp_path / "stream_tiny_quick.partial.json"
     first = json.loads(partial.read_text())
-    assert set(first["results"]) == {"N1"} and first["sittings"][0]["tenants"] == [1]
+    assert set(first["results"]) == {"N1"} and first["sittings"][0]["blocks"] == ["N1"]
 
     monkeypatch.setattr(stream, "make_stream", lambda *a: asked.append(a[2]) or real(*a))
     data, md, _ = _run(tmp_path, "stream")
     assert asked == [4] and list(data["results"]) == ["N1", "N4"]
     assert data["results"]["N1"] == first["results"]["N1"] and data["stream"] == first["stream"]
-    assert [x["tenants"] for x in data["sittings"]] == [[1], [4]] and not partial.exists()
+    assert [x["blocks"] for x in data["sittings"]] == [["N1"], ["N4"]] and not partial.exists()
     assert "Measured in 2 sittings (the same stream, each tenant count within one): N = 1 from " in md
 
     for extra in (["seed=1"], ["resume=false"]):

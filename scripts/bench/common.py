@@ -423,6 +423,47 @@ def resumable(path: str, res: dict, resume: bool) -> dict | None:
     return old
 
 
+class Sittings:
+    """A record measured block by block (a stream's tenant counts, a tenant sweep's (beam, B) blocks) that may stop
+    and continue: after each block the record so far goes to <out>/<stem>.partial.json; a later run with the same
+    options, commit and machine takes it up (`resume=false`: starts again) and measures only the missing blocks.
+    `res["sittings"]` lists each sitting's start and the blocks measured in it; `carry` names the other keys a
+    continued run keeps from the first sitting (e.g. the stream's arrival rate)."""
+
+    def __init__(self, o: Options, dev: str, res: dict, carry: tuple[str, ...] = ()):
+        self.path, self.out, self.res = os.path.join(o.out, stem(o, dev) + ".partial.json"), o.out, res
+        old = resumable(self.path, res, o.resume)
+        self.resumed = old is not None
+        if old:
+            res.update({k: old[k] for k in ("started", "results", "sittings", *carry)})
+            progress(f"resuming {self.path}: {', '.join(res['results'])} done")
+        else:
+            res["results"], res["sittings"] = {}, []
+        res["sittings"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": res["load_average"],
+                                "blocks": []})
+
+    def done(self, key: str) -> bool:
+        return key in self.res["results"]
+
+    def add(self, key: str, cells: dict) -> None:
+        """Block `key` measured: into the record and the partial file (a stopped run continues after it)."""
+        from runners.results import write_json
+
+        self.res["results"][key] = cells
+        self.res["sittings"][-1]["blocks"].append(key)
+        os.makedirs(self.out, exist_ok=True)
+        write_json(self.path, self.res)
+
+    def finish(self, keys: list[str]) -> dict:
+        """The whole record, its blocks in the options' order; the partial file removed (the caller writes the
+        record next)."""
+        self.res["results"] = {k: self.res["results"][k] for k in keys}
+        self.res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        return self.res
+
+
 def progress(msg: str) -> None:
     """One line of progress on stderr (BENCH_PROGRESS=0: none)."""
     if os.environ.get("BENCH_PROGRESS", "1") != "0":

@@ -20,13 +20,12 @@ next tenant count with the same arrival rate (so the same stream), and the recor
 from __future__ import annotations
 
 import gc
-import os
 import random
 import statistics
-import time
 from dataclasses import dataclass
 
 from scripts.bench.common import (
+    Sittings,
     StepClock,
     batch_of,
     causal_lm,
@@ -35,7 +34,6 @@ from scripts.bench.common import (
     instruction,
     load,
     progress,
-    resumable,
     rotated,
     routing,
     summary,
@@ -43,7 +41,7 @@ from scripts.bench.common import (
     tenant_models,
     timed_generate,
 )
-from scripts.bench.options import Options, device_and_dtype, stem
+from scripts.bench.options import Options, device_and_dtype
 
 
 @dataclass
@@ -88,20 +86,14 @@ def serve(model, clock, stream: list[Request], names: list[str] | None, tok, kw:
 
 
 def run_stream(o: Options) -> dict:
-    from runners.results import write_json
-
     dev, dtype = device_and_dtype(o)
     backbone, tok, _ = load(o)
     prompt = instruction(tok, o)
     kw = gen_kwargs(tok, o.new_tokens, o.beams[0])
     res = header(o, dev, dtype, prompt)
-    partial = os.path.join(o.out, stem(o, dev) + ".partial.json")
-    old = resumable(partial, res, o.resume)
-    if old:
-        res.update({k: old[k] for k in ("started", "stream", "results", "methods", "sittings")})
-        progress(f"resuming {partial}: tenant counts {', '.join(k[1:] for k in res['results'])} done")
-    else:
-        res["results"], res["methods"], res["sittings"] = {}, {}, []
+    sit = Sittings(o, dev, res, carry=("stream", "methods"))  # the same arrival rate, so the same stream
+    if not sit.resumed:
+        res["methods"] = {}
         bare_clock = StepClock(causal_lm(backbone), dev == "cuda", o.clock)
         mid = prompt[: (min(16, len(prompt)) + len(prompt)) // 2]
         ids, mask = batch_of([mid], tok.pad_token_id, dev)
@@ -113,10 +105,8 @@ def run_stream(o: Options) -> dict:
         res["stream"] = {"rate_per_s": rate, "bare_single_request_s": statistics.median(one[1:]),
                          "requests": o.requests, "max_batch": o.max_batch}
     rate = res["stream"]["rate_per_s"]
-    res["sittings"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": res["load_average"],
-                            "tenants": []})
     for N in o.tenants:
-        if f"N{N}" in res["results"]:
+        if sit.done(f"N{N}"):
             continue
         models, names = tenant_models(o.methods, backbone, N, o, routed=False)
         for m in o.methods:
@@ -140,16 +130,9 @@ def run_stream(o: Options) -> dict:
                                                      for x, b in zip(outs, raw["lora"])])
             cells[m]["tenant_bytes"] = tenant_bytes(models[m])
             cells[m]["tenants_bytes_total"] = (tenant_bytes(models[m]) * N) if m != "bare" else 0
-        res["results"][f"N{N}"] = cells
-        res["sittings"][-1]["tenants"].append(N)
-        os.makedirs(o.out, exist_ok=True)
-        write_json(partial, res)  # a stopped run continues from here
+        sit.add(f"N{N}", cells)
         for c in clocks.values():
             c.remove()
         del models, clocks
         gc.collect()
-    res["results"] = {f"N{N}": res["results"][f"N{N}"] for N in o.tenants}  # the options' order
-    res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if os.path.exists(partial):  # the caller writes the whole record next
-        os.remove(partial)
-    return res
+    return sit.finish([f"N{N}" for N in o.tenants])

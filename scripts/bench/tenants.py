@@ -18,37 +18,28 @@ its `sittings`.
 
 from __future__ import annotations
 
-import os
-import time
-
 from scripts.bench import common as C
-from scripts.bench.options import Options, device_and_dtype, stem
+from scripts.bench.options import Options, device_and_dtype
 
 
 def run_tenants(o: Options) -> dict:
-    from runners.results import write_json
-
     dev, dtype = device_and_dtype(o)
     backbone, tok, _ = C.load(o)
     prompt = C.instruction(tok, o)
+    res = C.header(o, dev, dtype, prompt)
+    sit = C.Sittings(o, dev, res, carry=("methods",))  # tenant bytes, for a sweep with nothing left to build
+    keys = [f"beam{b}/B{B}" for b in o.beams for B in o.batches]
+    if all(sit.done(k) for k in keys):  # a sweep stopped after its last block: nothing to build
+        return sit.finish(keys)
     n_tenants = max(o.batches)
     models, names = C.tenant_models(o.methods, backbone, n_tenants, o)
     clocks = {m: C.StepClock(C.causal_lm(model), dev == "cuda", o.clock) for m, model in models.items()}
-    res = C.header(o, dev, dtype, prompt)
     res["methods"] = {m: {"tenant_bytes": C.tenant_bytes(models[m]), "tenants": n_tenants if m != "bare" else 0}
                       for m in o.methods}
-    partial = os.path.join(o.out, stem(o, dev) + ".partial.json")
-    old = C.resumable(partial, res, o.resume)
-    res["results"], res["sittings"] = (old["results"], old["sittings"]) if old else ({}, [])
-    if old:
-        res["started"] = old["started"]
-        C.progress(f"resuming {partial}: {', '.join(res['results'])} done")
-    res["sittings"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "load_average": res["load_average"],
-                            "blocks": []})
     for beams in o.beams:
         kw = C.gen_kwargs(tok, o.new_tokens, beams)
         for B in o.batches:
-            if f"beam{beams}/B{B}" in res["results"]:
+            if sit.done(f"beam{beams}/B{B}"):
                 continue
             ids, mask = C.batch_of([prompt] * B, tok.pad_token_id, dev)
             raw = {m: [] for m in o.methods}
@@ -68,14 +59,7 @@ def run_tenants(o: Options) -> dict:
                             "raw_total_s": [t.total_s for t in ts]}
                 if "lora" in raw:
                     cells[m]["ratio_to_lora"] = C.summary([t.tps / b.tps for t, b in zip(ts, raw["lora"])])
-            res["results"][f"beam{beams}/B{B}"] = cells
-            res["sittings"][-1]["blocks"].append(f"beam{beams}/B{B}")
-            os.makedirs(o.out, exist_ok=True)
-            write_json(partial, res)  # a stopped sweep continues from the next block
+            sit.add(f"beam{beams}/B{B}", cells)
     for c in clocks.values():
         c.remove()
-    res["results"] = {f"beam{b}/B{B}": res["results"][f"beam{b}/B{B}"] for b in o.beams for B in o.batches}
-    res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    if os.path.exists(partial):  # the caller writes the whole record next
-        os.remove(partial)
-    return res
+    return sit.finish(keys)
