@@ -585,10 +585,23 @@ def dependence_notes(records: list[dict], backbone: str, tasks: list[str], cells
             per.setdefault((r["cell"], r["task"]), []).append(r["input_dependence"])
     if not per:
         return []
-    parts = [f"{cell} {task} cosine {statistics.median(x['cosine'] for x in xs):.4f} spread "
-             f"{statistics.median(x['spread'] for x in xs):.3f} (n={len(xs)})" for (cell, task), xs in sorted(per.items())]
+    parts = [f"{cell} {task} cosine {small_gap(statistics.median(x['cosine'] for x in xs), 1.0)} spread "
+             f"{small_gap(statistics.median(x['spread'] for x in xs), 0.0)} (n={len(xs)})"
+             for (cell, task), xs in sorted(per.items())]
     return ["Input dependence of the generated prompts/vectors across the first test inputs (mean over layers, median "
-            "over seeds; cosine 1 and spread 0 = the same output for every input): " + "; ".join(parts) + "."]
+            "over seeds; cosine 1 and spread 0 = the same output for every input; the records round to 6 decimals): "
+            + "; ".join(parts) + "."]
+
+
+def small_gap(x: float, static: float) -> str:
+    """A cosine or spread printed so that a value within 1e-3 of the static one (1 or 0) still shows how far it
+    is from it (`1-2.3e-05`, `4.2e-05`) instead of rounding to it; exactly static prints as such."""
+    gap = abs(x - static)
+    if gap >= 1e-3:
+        return f"{x:.4f}" if static else f"{x:.3f}"
+    if gap == 0:
+        return f"{static:.0f}"
+    return f"1-{gap:.1e}" if static else f"{gap:.1e}"
 
 
 def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] = (), plot=None,

@@ -59,3 +59,16 @@ def test_bad_train_options_give_one_line(arg, says, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and says in err, err
+
+
+def test_a_compiled_cell_asks_the_trainer_for_its_own_compile(tmp_path):
+    """harness_cell(compile=True) (results/bench/train_compile) sets TrainingArguments.torch_compile and keeps its
+    Trainer on the cell; the default builds an eager one. Nothing is trained or compiled here."""
+    from scripts.bench.train import harness_cell
+
+    shared_data("glue", "SST-2")
+    o = parse(["train", "backbone=tiny", "quick=true", "tasks=sst2", "dtypes=float32"])
+    for compile in (False, True):
+        cell, _ = harness_cell(o, "lora", "sst2", "float32", "labelled", "cpu", str(tmp_path / str(compile)),
+                               compile=compile)
+        assert cell.trainer.args.torch_compile is compile

@@ -59,3 +59,17 @@ def test_the_record_of_an_input_aware_run_keeps_it_and_lora_has_none(tmp_results
     dep = rec["input_dependence"]
     assert dep["rows"] == min(64, rec["split_sizes"]["test"]) and dep["layers"], dep
     assert "input_dependence" not in run(compose("method=lora", *fast))
+
+
+def test_table_notes_show_how_far_a_near_static_output_is_from_static():
+    """runners/tables.py dependence_notes: the median over seeds per (cell, task); a cosine or spread within 1e-3
+    of static prints its distance from it (a 3-decimal rounding would print a static 1.0000 / 0.000)."""
+    from runners.tables import dependence_notes, small_gap
+
+    assert (small_gap(0.99487, 1.0), small_gap(0.068, 0.0)) == ("0.9949", "0.068")
+    assert (small_gap(0.999998, 1.0), small_gap(4.2e-05, 0.0)) == ("1-2.0e-06", "4.2e-05")
+    assert (small_gap(1.0, 1.0), small_gap(0.0, 0.0)) == ("1", "0")
+    recs = [{"backbone": "b", "task": "sst2", "cell": "parade", "input_dependence": {"cosine": 1.0, "spread": s}}
+            for s in (1e-05, 3e-05, 0.0)] + [{"backbone": "b", "task": "sst2", "cell": "lora"}]
+    (note,) = dependence_notes(recs, "b", ["sst2"], ["parade", "lora"])
+    assert note.endswith("parade sst2 cosine 1 spread 1.0e-05 (n=3)."), note

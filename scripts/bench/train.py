@@ -96,6 +96,7 @@ class Cell:
     n_backbone: int
     n_trainable: int
     flops: float | None = None  # counted FLOPs of one step
+    trainer: object = None  # a harness cell's Trainer (results/bench/train_compile times its evaluate)
     rounds: list = dataclasses.field(default_factory=list)
 
 
@@ -110,8 +111,10 @@ def _config(o: Options, method: str, task: str, dtype: str, positions: str = "la
 
 
 def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str, dev: str,
-                 scratch: str) -> tuple[Cell, list]:
-    """A cell through runners/train.py's stages; also the first batches its Trainer's dataloader gives."""
+                 scratch: str, compile: bool = False) -> tuple[Cell, list]:
+    """A cell through runners/train.py's stages; also the first batches its Trainer's dataloader gives.
+    `compile`: the Trainer's own torch.compile of the model (TrainingArguments.torch_compile;
+    results/bench/train_compile measures it)."""
     from runners import train as T
     from runners.kind import Kind
 
@@ -125,7 +128,8 @@ def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str,
     method_ = T.build_method(cfg.method, None, kind, model, dev)
     timer = StepTimer(dev == "cuda")
     trainer, _ = T.make_trainer(cfg, kind, data, method_, tok, dev, scratch, callbacks=[], max_steps=o.steps,
-                                eval_strategy="no", eval_on_start=False, logging_steps=10**6)
+                                eval_strategy="no", eval_on_start=False, logging_steps=10**6,
+                                torch_compile=compile)
     trainer.add_callback(timer)  # last: its on_step_end comes after the method's own callbacks
     counter = Counting(trainer.data_collator)
     trainer.data_collator = counter
@@ -138,7 +142,7 @@ def harness_cell(o: Options, method: str, task: str, dtype: str, positions: str,
         trainer.train()
         return timer.times, sum(t[0] for t in counter.tokens[:used]), sum(t[1] for t in counter.tokens[:used])
 
-    cell = Cell(method, task, dtype, positions, step, n_backbone, method_.params["trainable"])
+    cell = Cell(method, task, dtype, positions, step, n_backbone, method_.params["trainable"], trainer=trainer)
     cell.flops = _count_flops(lambda: trainer.compute_loss(method_.model, batches[0]).backward())
     method_.model.zero_grad(set_to_none=True)
     return cell, batches
