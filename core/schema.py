@@ -143,6 +143,9 @@ class RunConfig:
     # transfer tables (id-spam.txt Table 6): {test task: its training task}, read by the experiment as
     # task.source=${task_source.${task.name}}; null = every task trains on itself
     task_source: dict[str, str] | None = None
+    # table experiments: lines printed under the rendered table, for what its records alone cannot show (a
+    # diagnostic run outside the grid); they change no run
+    notes: list[str] | None = None
     # name of an ablation/budget cell; becomes part of the result path instead of the method name
     variant: str | None = None
     force: bool = False  # rerun even if the result file exists

@@ -41,7 +41,7 @@ os.umask(_UMASK)
 # Keys that do not change what a run computes (where it is written, how it is logged, where data is read from;
 # num_threads and loss_positions change the order of float sums only: the same gradients, losses to the last bits).
 NOT_COMPARED = {"seed", "force", "break_lock", "logger", "results_dir", "data_dir", "data_root", "print_table",
-                "experiment", "columns", "mean_of", "task_cost", "task_source",  # how a table shows runs (task_source acts through task.source)
+                "experiment", "columns", "mean_of", "task_cost", "task_source", "notes",  # how a table shows runs (task_source acts through task.source)
                 "runner.cache_dir", "runner.device", "runner.num_threads", "runner.logging_steps",
                 "runner.save_peft", "runner.resume", "runner.progress", "runner.loss_positions", "task.local_dir"}
 PACKAGES = ("torch", "transformers", "peft", "datasets", "hydra-core", "omegaconf", "wandb", "accelerate", "gguf")

@@ -15,7 +15,8 @@ Paper columns without a public data set (PARA's HSM10K, Q2SQL) show as `missing 
 whose paper version has a Mean column gets one, and each backbone's block its own paper numbers. The paper
 and table come from the experiment's name `<paper>_table<N>[_cpu]`, and the proposed method (paired tests)
 is the paper's own: both from results/paper/papers.yaml. Finished runs are reused (run.py skips them);
-the rendered table goes to results/tables/<experiment>.{md,csv}.
+the rendered table goes to results/tables/<experiment>.{md,csv}. An experiment's `notes` (a list of
+strings) are printed under its table: what its records alone cannot show (a diagnostic run outside the grid).
 
 An experiment with `lr_grid` (the CPU-scale tables) first chooses each method's learning rate: one run per
 (method, rate) on the grid's first task and first seed, dev split only (`runner.eval_test=false`, records
@@ -203,7 +204,8 @@ def main(argv: list[str]) -> None:
         print(describe(experiment, p, search))
     from scripts.figures import plot_dev_curves, plot_seeds
 
-    print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
+    notes = [*(search_notes(search) if search else []), *(cfg.get("notes") or [])]  # the experiment's own notes last
+    print(render_table(experiment, cfg, p, opts["out"], notes, plot=plot_seeds,
                        allow_mixed_commits=opts["allow_mixed_commits"] == "true",
                        search_records=search["records"] if search else [], curves=plot_dev_curves))
     if any(r["state"] != "done" for r in p["runs"] if r["task"] in only) and opts["run"] == "true":

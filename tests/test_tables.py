@@ -121,6 +121,8 @@ def test_table_script_plans_and_renders_from_records(tmp_path, capsys):
     assert "| lora | **87.0** (87.0–87.0, n=1); paper 93.6 (-6.6) | missing | missing | missing | missing |" in md
     assert "| houlsby | missing | missing | missing | missing | missing |" in md
     assert (tmp_path / "tables" / "iapt_table1_cpu.png").stat().st_size > 0, "the seeds plot beside the table"
+    assert "P-tuning v2's row uses the P-tuning v2 code's N(0, 1) key/value initialisation;" in md, \
+        "the experiment's own notes are printed under the table"
     with pytest.raises(UserError, match="experiment='nope' is not a table experiment; valid: iapt_table1, "):
         table.main(["experiment=nope"])
 
