@@ -618,7 +618,7 @@ def render_table(experiment: str, cfg, p: dict, out_dir: str, notes: list[str] =
     records, problems = scan(cfg.results_dir)
     cells = p["cells"] + ([ZERO_SHOT] if cpu and cfg.runner.zero_shot else [])  # the untrained row
     notes = commit_notes(records, p.get("backbones") or [cfg.backbone.name], p["tasks"], cells,
-                         allow_mixed_commits, search_records) + list(notes)
+                         allow_mixed_commits, search_records) + list(notes) + list(cfg.get("notes") or [])
     dfs, mds = [], []
     for backbone in p.get("backbones") or [cfg.backbone.name]:
         title = f"{paper.upper()} Table {number}, {backbone}" + (

@@ -204,8 +204,7 @@ def main(argv: list[str]) -> None:
         print(describe(experiment, p, search))
     from scripts.figures import plot_dev_curves, plot_seeds
 
-    notes = [*(search_notes(search) if search else []), *(cfg.get("notes") or [])]  # the experiment's own notes last
-    print(render_table(experiment, cfg, p, opts["out"], notes, plot=plot_seeds,
+    print(render_table(experiment, cfg, p, opts["out"], search_notes(search) if search else [], plot=plot_seeds,
                        allow_mixed_commits=opts["allow_mixed_commits"] == "true",
                        search_records=search["records"] if search else [], curves=plot_dev_curves))
     if any(r["state"] != "done" for r in p["runs"] if r["task"] in only) and opts["run"] == "true":
